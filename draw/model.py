@@ -1,0 +1,253 @@
+"""DRAW (Gregor et al. 2015, "DRAW: A Recurrent Neural Network For Image Generation", arXiv 1502.04623).
+
+Plain PyTorch, no Lightning or Hydra. Equation numbers are the paper's. Shapes: B batch, H x W image
+(the paper's B x A; pixel coordinates run 1..W and 1..H as Eqs. 22-23 assume), N glimpse size,
+Z latent size, T steps. The canvas is kept flat, (B, H*W), and viewed as (B, H, W) where attention needs it.
+"""
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# exp() of an attention parameter stays inside [e^-10, e^10]: an extreme decoder state cannot make a
+# variance, stride or intensity of 0 or inf (and so a NaN) on the forward path.
+LOG_CLAMP = 10.0
+
+
+@dataclass
+class DRAWConfig:
+    height: int = 28
+    width: int = 28
+    T: int = 64
+    z_size: int = 100
+    enc_size: int = 256
+    dec_size: int = 256
+    read_attention: bool = True
+    write_attention: bool = True
+    read_n: int = 2
+    write_n: int = 5
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attention: the Gaussian filterbank (Section 3.2)
+
+
+class AttentionWindow(NamedTuple):
+    """One attention window per image, each field (B,), in pixel units."""
+
+    g_x: torch.Tensor  # grid centre, x
+    g_y: torch.Tensor  # grid centre, y
+    delta: torch.Tensor  # stride between filter centres
+    var: torch.Tensor  # isotropic filter variance sigma^2
+    gamma: torch.Tensor  # intensity
+
+
+def attention_window(params: torch.Tensor, N: int, height: int, width: int) -> AttentionWindow:
+    """Eqs. 21-24: the decoder's five numbers (B, 5) -> a window on the image."""
+    gx_tilde, gy_tilde, log_var, log_delta_tilde, log_gamma = params.unbind(1)  # Eq. 21
+    g_x = (width + 1) / 2 * (gx_tilde + 1)  # Eq. 22
+    g_y = (height + 1) / 2 * (gy_tilde + 1)  # Eq. 23
+    # Eq. 24; with N = 1 there is one filter at the centre and the stride is unused.
+    delta = (max(height, width) - 1) / max(N - 1, 1) * log_delta_tilde.clamp(-LOG_CLAMP, LOG_CLAMP).exp()
+    var = log_var.clamp(-LOG_CLAMP, LOG_CLAMP).exp()
+    gamma = log_gamma.clamp(-LOG_CLAMP, LOG_CLAMP).exp()
+    return AttentionWindow(g_x, g_y, delta, var, gamma)
+
+
+def gaussian_filters(coords: torch.Tensor, centres: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """Eqs. 25-26: rows of Gaussians over pixel coordinates (P,), centres (B, N) -> (B, N, P), rows sum to 1.
+
+    exp(-d^2 / 2 var) / Z is a softmax over pixels: written so, a narrow window between pixels or off the
+    image cannot underflow to 0/0, and every row sums to 1 as the paper's Z makes it.
+    """
+    return torch.softmax(-((coords - centres.unsqueeze(-1)) ** 2) / (2 * var[:, None, None]), dim=-1)
+
+
+def filterbank(window: AttentionWindow, offsets: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor):
+    """Filter matrices F_X (B, N, W) and F_Y (B, N, H) of one window.
+
+    offsets (N,) holds i - N/2 - 0.5 for i = 1..N; xs (W,) and ys (H,) hold the pixel coordinates 1..W, 1..H.
+    """
+    mu_x = window.g_x.unsqueeze(1) + offsets * window.delta.unsqueeze(1)  # Eq. 19, (B, N)
+    mu_y = window.g_y.unsqueeze(1) + offsets * window.delta.unsqueeze(1)  # Eq. 20, (B, N)
+    return gaussian_filters(xs, mu_x, window.var), gaussian_filters(ys, mu_y, window.var)  # Eqs. 25-26
+
+
+class Filterbank(nn.Module):
+    """The constant grids of an N x N filterbank on an H x W image, made once, and the window -> filters map."""
+
+    def __init__(self, N: int, height: int, width: int):
+        super().__init__()
+        self.N, self.height, self.width = N, height, width
+        self.register_buffer("offsets", torch.arange(1, N + 1) - N / 2 - 0.5, persistent=False)
+        self.register_buffer("xs", torch.arange(1, width + 1, dtype=torch.float32), persistent=False)
+        self.register_buffer("ys", torch.arange(1, height + 1, dtype=torch.float32), persistent=False)
+
+    def forward(self, params: torch.Tensor):
+        window = attention_window(params, self.N, self.height, self.width)
+        F_x, F_y = filterbank(window, self.offsets, self.xs, self.ys)
+        return window, F_x, F_y
+
+
+# ----------------------------------------------------------------------------------------------------
+# Read and write. Each read maps (x, x_hat, h_dec_prev) to (r, window); each write maps h_dec to
+# (canvas update (B, H*W), window). The window is None without attention.
+
+
+class Read(nn.Module):
+    """Eq. 17: no attention, the whole image and the error image."""
+
+    def __init__(self, cfg: DRAWConfig):
+        super().__init__()
+        self.out_size = 2 * cfg.height * cfg.width
+
+    def forward(self, x, x_hat, h_dec_prev):
+        return torch.cat([x, x_hat], dim=1), None  # (B, 2*H*W)
+
+
+class AttentiveRead(nn.Module):
+    """Eq. 27: gamma [F_Y x F_X^T, F_Y x_hat F_X^T], the window placed by h_dec_{t-1}."""
+
+    def __init__(self, cfg: DRAWConfig):
+        super().__init__()
+        self.height, self.width = cfg.height, cfg.width
+        self.out_size = 2 * cfg.read_n * cfg.read_n
+        self.params = nn.Linear(cfg.dec_size, 5)  # Eq. 21
+        self.filterbank = Filterbank(cfg.read_n, cfg.height, cfg.width)
+
+    def forward(self, x, x_hat, h_dec_prev):
+        window, F_x, F_y = self.filterbank(self.params(h_dec_prev))  # (B, N, W), (B, N, H)
+        images = torch.stack([x, x_hat], dim=1).view(-1, 2, self.height, self.width)  # (B, 2, H, W)
+        glimpses = F_y.unsqueeze(1) @ images @ F_x.transpose(1, 2).unsqueeze(1)  # (B, 2, N, N)
+        return window.gamma[:, None] * glimpses.flatten(1), window  # Eq. 27, (B, 2*N*N)
+
+
+class Write(nn.Module):
+    """Eq. 18: no attention, a linear map from h_dec to the whole canvas."""
+
+    def __init__(self, cfg: DRAWConfig):
+        super().__init__()
+        self.canvas = nn.Linear(cfg.dec_size, cfg.height * cfg.width)
+
+    def forward(self, h_dec):
+        return self.canvas(h_dec), None  # (B, H*W)
+
+
+class AttentiveWrite(nn.Module):
+    """Eqs. 28-29: an N x N patch w_t written through the transposed filterbank, scaled by 1/gamma."""
+
+    def __init__(self, cfg: DRAWConfig):
+        super().__init__()
+        self.N = cfg.write_n
+        # Eq. 21's five window parameters and Eq. 28's patch both come from h_dec_t: one matmul.
+        self.params_and_patch = nn.Linear(cfg.dec_size, 5 + self.N * self.N)
+        self.filterbank = Filterbank(cfg.write_n, cfg.height, cfg.width)
+
+    def forward(self, h_dec):
+        params, patch = self.params_and_patch(h_dec).split([5, self.N * self.N], dim=1)
+        window, F_x, F_y = self.filterbank(params)  # (B, N, W), (B, N, H)
+        w = patch.view(-1, self.N, self.N)  # Eq. 28, (B, N, N)
+        update = F_y.transpose(1, 2) @ w @ F_x / window.gamma[:, None, None]  # Eq. 29, (B, H, W)
+        return update.flatten(1), window
+
+
+# ----------------------------------------------------------------------------------------------------
+# Losses
+
+
+def gaussian_kl(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) summed over latent units, (B, Z) -> (B,).
+
+    Eq. 11 summed over one step: 1/2 (mu^2 + sigma^2 - log sigma^2) - |z|/2. (The paper's Eq. 11 prints
+    the constant as T/2; summed over T steps it is T|z|/2.)
+    """
+    return 0.5 * (mu.pow(2) + (2 * log_sigma).exp() - 2 * log_sigma - 1).sum(1)
+
+
+@dataclass
+class DRAWOutput:
+    lx: torch.Tensor  # (B,) reconstruction loss, nats, Eq. 9
+    lz: torch.Tensor  # (B,) latent loss, nats, Eq. 10
+    kl_steps: torch.Tensor  # (B, T) the KL of each step; lz is its sum over T
+    # Filled with record=True: every step's canvas logits, latents and attention windows.
+    canvases: list = field(default_factory=list)  # T x (B, H*W)
+    latents: list = field(default_factory=list)  # T x (B, Z)
+    read_windows: list = field(default_factory=list)  # T x AttentionWindow (or None)
+    write_windows: list = field(default_factory=list)  # T x AttentionWindow (or None)
+
+    @property
+    def nll_bound(self) -> torch.Tensor:
+        """The negative ELBO per image, Lx + Lz (Eq. 12 before the average), (B,)."""
+        return self.lx + self.lz
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model
+
+
+class DRAW(nn.Module):
+    def __init__(self, cfg: DRAWConfig):
+        super().__init__()
+        self.cfg = cfg
+        pixels = cfg.height * cfg.width
+        self.read = AttentiveRead(cfg) if cfg.read_attention else Read(cfg)
+        self.write = AttentiveWrite(cfg) if cfg.write_attention else Write(cfg)
+        self.encoder = nn.LSTMCell(self.read.out_size + cfg.dec_size, cfg.enc_size)  # Eq. 5
+        self.decoder = nn.LSTMCell(cfg.z_size, cfg.dec_size)  # Eq. 7
+        self.q = nn.Linear(cfg.enc_size, 2 * cfg.z_size)  # Eqs. 1-2: mu_t and log sigma_t
+        # The paper learns the initial canvas and LSTM states as biases.
+        self.canvas0 = nn.Parameter(torch.zeros(pixels))
+        self.enc0 = nn.Parameter(torch.zeros(2, cfg.enc_size))  # (h, c)
+        self.dec0 = nn.Parameter(torch.zeros(2, cfg.dec_size))  # (h, c)
+
+    def initial_state(self, batch_size: int):
+        expand = lambda p: p.expand(batch_size, -1)  # noqa: E731
+        return (
+            expand(self.canvas0),
+            tuple(map(expand, self.enc0)),
+            tuple(map(expand, self.dec0)),
+        )
+
+    def forward(self, x: torch.Tensor, record: bool = False) -> DRAWOutput:
+        """x (B, H, W) or (B, H*W) in [0, 1] -> the loss parts; with record, every step's canvas too."""
+        x = x.flatten(1)  # (B, H*W)
+        c, enc_state, dec_state = self.initial_state(x.shape[0])
+        h_dec = dec_state[0]
+        out = DRAWOutput(lx=None, lz=None, kl_steps=None)
+        kl_steps = []
+        for _ in range(self.cfg.T):
+            x_hat = x - torch.sigmoid(c)  # Eq. 3
+            r, read_window = self.read(x, x_hat, h_dec)  # Eq. 4
+            enc_state = self.encoder(torch.cat([r, h_dec], dim=1), enc_state)  # Eq. 5
+            mu, log_sigma = self.q(enc_state[0]).chunk(2, dim=1)  # Eqs. 1-2, (B, Z) each
+            z = mu + log_sigma.exp() * torch.randn_like(mu)  # Eq. 6: a fresh sample at every step
+            dec_state = self.decoder(z, dec_state)  # Eq. 7
+            h_dec = dec_state[0]
+            update, write_window = self.write(h_dec)
+            c = c + update  # Eq. 8
+            kl_steps.append(gaussian_kl(mu, log_sigma))
+            if record:
+                out.canvases.append(c)
+                out.latents.append(z)
+                out.read_windows.append(read_window)
+                out.write_windows.append(write_window)
+        out.lx = F.binary_cross_entropy_with_logits(c, x, reduction="none").sum(1)  # Eq. 9, (B,)
+        out.kl_steps = torch.stack(kl_steps, dim=1)  # (B, T)
+        out.lz = out.kl_steps.sum(1)  # Eq. 10, (B,)
+        return out
+
+    @torch.no_grad()
+    def sample(self, n: int, T: Optional[int] = None):
+        """Eqs. 13-16: draw from the prior. Returns canvases (T, n, H, W) as probabilities and the write windows."""
+        c, _, dec_state = self.initial_state(n)
+        canvases, windows = [], []
+        for _ in range(T or self.cfg.T):
+            z = torch.randn(n, self.cfg.z_size, device=c.device)  # Eq. 13
+            dec_state = self.decoder(z, dec_state)  # Eq. 14
+            update, window = self.write(dec_state[0])
+            c = c + update  # Eq. 15
+            canvases.append(torch.sigmoid(c))  # D(X | c_t); Eq. 16 samples from the last one
+            windows.append(window)
+        return torch.stack(canvases).view(-1, n, self.cfg.height, self.cfg.width), windows

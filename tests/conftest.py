@@ -1,0 +1,56 @@
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array in the IDX format of MNIST's *-ubyte files (magic 0x08 = unsigned byte)."""
+    with open(path, "wb") as f:
+        f.write(struct.pack(">HBB", 0, 0x08, array.ndim))
+        f.write(struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def fake_digits(n: int, seed: int) -> np.ndarray:
+    """(n, 28, 28) uint8 images of one bright bar each, vertical or horizontal at a random place."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), np.uint8)
+    for image in images:
+        at, start = rng.integers(6, 22), rng.integers(2, 10)
+        bar = (slice(start, start + 16), slice(at - 2, at + 2))
+        image[bar if rng.random() < 0.5 else bar[::-1]] = rng.integers(180, 256)
+    return images
+
+
+def write_mnist(root: Path, n_train: int = 240, n_test: int = 60) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", fake_digits(n, seed))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory) -> Path:
+    """A data_dir holding 240 train and 60 test MNIST-shaped images, read by torchvision's own reader."""
+    return write_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+# Overrides that make a whole train.py run take seconds on tiny_mnist.
+TINY_RUN = [
+    "model.T=3",
+    "model.z_size=4",
+    "model.enc_size=16",
+    "model.dec_size=16",
+    "data.batch_size=20",
+    "data.val_size=40",
+    "trainer.max_epochs=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_model_summary=false",
+    "optim.lr=3e-3",
+]

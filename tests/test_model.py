@@ -1,0 +1,134 @@
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from draw.model import DRAW, AttentiveRead, AttentiveWrite, DRAWConfig, Filterbank, gaussian_kl
+
+ATTENTIONS = [(False, False), (True, False), (False, True), (True, True)]
+
+
+def small_config(read_attention=True, write_attention=True, **kw) -> DRAWConfig:
+    sizes = dict(T=4, z_size=6, enc_size=32, dec_size=32, read_n=3, write_n=4)
+    return DRAWConfig(read_attention=read_attention, write_attention=write_attention, **{**sizes, **kw})
+
+
+def window_params(gx=0.0, gy=0.0, log_var=0.0, log_delta=0.0, log_gamma=0.0, batch=1):
+    return torch.tensor([[gx, gy, log_var, log_delta, log_gamma]]).expand(batch, -1)
+
+
+@pytest.mark.parametrize("N", [1, 2, 5, 12])
+def test_filter_rows_sum_to_one(N):
+    torch.manual_seed(0)
+    params = torch.randn(16, 5) * torch.tensor([0.5, 0.5, 1.0, 0.5, 1.0])
+    _, F_x, F_y = Filterbank(N, height=20, width=28)(params)
+    assert F_x.shape == (16, N, 28) and F_y.shape == (16, N, 20)
+    torch.testing.assert_close(F_x.sum(-1), torch.ones(16, N))
+    torch.testing.assert_close(F_y.sum(-1), torch.ones(16, N))
+
+
+@pytest.mark.parametrize("N", [2, 3, 5])
+def test_centred_window_is_symmetric_about_the_image_centre(N):
+    # Pixel coordinates are 1..28, so the centre is 14.5 and filter i mirrors filter N+1-i about it.
+    window, F_x, F_y = Filterbank(N, height=28, width=28)(window_params(log_delta=-1.0))
+    assert window.g_x.item() == pytest.approx(14.5)
+    torch.testing.assert_close(F_x[0], F_x[0].flip(0, 1))
+    torch.testing.assert_close(F_y[0], F_x[0])
+    mean_x = F_x[0] @ torch.arange(1.0, 29.0)
+    torch.testing.assert_close(mean_x + mean_x.flip(0), torch.full((N,), 29.0))
+
+
+def test_full_size_read_with_unit_stride_and_tiny_variance_returns_the_image():
+    # N = W, delta = (28-1)/(28-1) * e^0 = 1: filter i sits on pixel i exactly.
+    read = AttentiveRead(small_config(read_n=28))
+    with torch.no_grad():
+        read.params.weight.zero_()
+        read.params.bias.copy_(window_params(log_var=-10.0)[0])
+    x, x_hat = torch.rand(3, 784), torch.randn(3, 784)
+    r, window = read(x, x_hat, torch.randn(3, 32))
+    torch.testing.assert_close(r, torch.cat([x, x_hat], 1))
+    torch.testing.assert_close(window.delta, torch.ones(3))
+
+
+def test_full_size_write_with_unit_stride_and_tiny_variance_writes_the_patch():
+    write = AttentiveWrite(small_config(write_n=28))
+    h = torch.randn(2, 32)
+    with torch.no_grad():
+        write.params_and_patch.weight[:5].zero_()
+        write.params_and_patch.bias[:5].copy_(window_params(log_var=-10.0, log_gamma=0.5)[0])
+    update, _ = write(h)
+    patch = write.params_and_patch(h)[:, 5:]
+    torch.testing.assert_close(update, patch / torch.e**0.5)
+
+
+def test_attention_stays_finite_for_windows_off_the_image_and_extreme_states():
+    torch.manual_seed(0)
+    params = torch.tensor([[50.0, -50.0, -1e4, 1e4, 1e4], [0.0, 0.0, 1e4, -1e4, -1e4]])
+    _, F_x, F_y = Filterbank(5, 28, 28)(params)
+    assert torch.isfinite(F_x).all() and torch.isfinite(F_y).all()
+    cfg = small_config()
+    read, write = AttentiveRead(cfg), AttentiveWrite(cfg)
+    with torch.no_grad():
+        for p in [*read.parameters(), *write.parameters()]:
+            p.copy_(torch.randn_like(p) * 1e4)
+    h_dec = torch.randn(8, 32).sign()  # an LSTM's h lies in [-1, 1]: its corners are the worst case
+    r, _ = read(torch.rand(8, 784), torch.randn(8, 784), h_dec)
+    update, _ = write(h_dec)
+    assert torch.isfinite(r).all() and torch.isfinite(update).all()
+
+
+def test_kl_equals_torch_distributions():
+    torch.manual_seed(0)
+    mu, log_sigma = torch.randn(8, 10), torch.randn(8, 10)
+    expected = kl_divergence(Normal(mu, log_sigma.exp()), Normal(0.0, 1.0)).sum(1)
+    torch.testing.assert_close(gaussian_kl(mu, log_sigma), expected)
+    assert gaussian_kl(torch.zeros(1, 10), torch.zeros(1, 10)).item() == 0.0
+
+
+@pytest.mark.parametrize("read_attention,write_attention", ATTENTIONS)
+def test_forward_returns_loss_parts_per_image(read_attention, write_attention):
+    model = DRAW(small_config(read_attention, write_attention))
+    x = torch.rand(5, 28, 28).round()
+    out = model(x, record=True)
+    assert out.lx.shape == out.lz.shape == (5,) and out.kl_steps.shape == (5, 4)
+    torch.testing.assert_close(out.lz, out.kl_steps.sum(1))
+    assert (out.kl_steps >= 0).all()
+    # The last recorded canvas is the one the reconstruction loss is taken on.
+    lx = torch.nn.functional.binary_cross_entropy_with_logits(out.canvases[-1], x.flatten(1), reduction="none").sum(1)
+    torch.testing.assert_close(out.lx, lx)
+    assert len(out.canvases) == len(out.read_windows) == len(out.write_windows) == 4
+    assert (out.read_windows[0] is not None) == read_attention
+    assert (out.write_windows[0] is not None) == write_attention
+
+
+def test_each_step_draws_fresh_noise():
+    model = DRAW(small_config())
+    with torch.no_grad():  # q(z|h) = N(0, 1) whatever the encoder says: z is the noise itself
+        model.q.weight.zero_()
+        model.q.bias.zero_()
+    latents = model(torch.rand(4, 28, 28).round(), record=True).latents
+    for earlier, later in zip(latents, latents[1:]):
+        assert not torch.allclose(earlier, later)
+
+
+@pytest.mark.parametrize("read_attention,write_attention", ATTENTIONS)
+def test_loss_falls_on_a_fixed_batch(read_attention, write_attention):
+    torch.manual_seed(0)
+    model = DRAW(small_config(read_attention, write_attention))
+    x = (torch.rand(16, 28, 28) < 0.3).float()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = model(x).nll_bound.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
+
+
+@pytest.mark.parametrize("write_attention", [False, True])
+def test_prior_samples_are_probabilities_for_any_number_of_steps(write_attention):
+    model = DRAW(small_config(write_attention=write_attention))
+    canvases, windows = model.sample(7, T=9)
+    assert canvases.shape == (9, 7, 28, 28) and len(windows) == 9
+    assert canvases.min() >= 0 and canvases.max() <= 1
