@@ -92,17 +92,18 @@ class MNISTDataModule(pl.LightningDataModule):
             load_mnist(self.hparams.data_dir, train)
 
     def setup(self, stage=None):
-        if self.datasets:
-            return
         hp = self.hparams
-        train_file = load_mnist(hp.data_dir, train=True)
-        if not 0 < hp.val_size < len(train_file):
-            raise UserError(f"data.val_size must be in 1..{len(train_file) - 1}, got {hp.val_size}")
-        self.datasets = {
-            "train": BinarizedImages(train_file, hp.binarization, rows=slice(-hp.val_size)),
-            "val": BinarizedImages(train_file, hp.eval_binarization, hp.binarization_seed, slice(-hp.val_size, None)),
-            "test": BinarizedImages(load_mnist(hp.data_dir, train=False), hp.eval_binarization, hp.binarization_seed + 1),
-        }
+        if stage in (None, "fit", "validate") and "train" not in self.datasets:
+            train_file = load_mnist(hp.data_dir, train=True)
+            if not 0 < hp.val_size < len(train_file):
+                raise UserError(f"data.val_size={hp.val_size} must be in 1..{len(train_file) - 1}")
+            self.datasets["train"] = BinarizedImages(train_file, hp.binarization, rows=slice(-hp.val_size))
+            self.datasets["val"] = BinarizedImages(
+                train_file, hp.eval_binarization, hp.binarization_seed, rows=slice(-hp.val_size, None)
+            )
+        if stage in (None, "test", "predict") and "test" not in self.datasets:
+            test_file = load_mnist(hp.data_dir, train=False)
+            self.datasets["test"] = BinarizedImages(test_file, hp.eval_binarization, hp.binarization_seed + 1)
 
     def _loader(self, split: str, shuffle: bool = False):
         return DataLoader(

@@ -210,14 +210,15 @@ class DRAW(nn.Module):
             tuple(map(expand, self.dec0)),
         )
 
-    def forward(self, x: torch.Tensor, record: bool = False) -> DRAWOutput:
-        """x (B, H, W) or (B, H*W) in [0, 1] -> the loss parts; with record, every step's canvas too."""
+    def forward(self, x: torch.Tensor, record: bool = False, T: Optional[int] = None) -> DRAWOutput:
+        """x (B, H, W) or (B, H*W) in [0, 1] -> the loss parts; with record, every step's canvas too.
+        T steps (default: as configured)."""
         x = x.flatten(1)  # (B, H*W)
         c, enc_state, dec_state = self.initial_state(x.shape[0])
         h_dec = dec_state[0]
         out = DRAWOutput(lx=None, lz=None, kl_steps=None)
         kl_steps = []
-        for _ in range(self.cfg.T):
+        for _ in range(T or self.cfg.T):
             x_hat = x - torch.sigmoid(c)  # Eq. 3
             r, read_window = self.read(x, x_hat, h_dec)  # Eq. 4
             enc_state = self.encoder(torch.cat([r, h_dec], dim=1), enc_state)  # Eq. 5

@@ -7,6 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from draw.callbacks import DrawingImages
 from draw.module import DRAWModule
 
 
@@ -37,7 +38,7 @@ def train(cfg: DictConfig, output_dir: str) -> dict:
         cfg.trainer,
         default_root_dir=str(out),
         logger=TensorBoardLogger(str(out), name="tensorboard", version=""),
-        callbacks=[checkpoints],
+        callbacks=[checkpoints, DrawingImages()],
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     results = trainer.test(module, datamodule=datamodule, ckpt_path="best" if checkpoints.best_model_path else None)

@@ -1,4 +1,7 @@
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +57,23 @@ TINY_RUN = [
     "trainer.enable_model_summary=false",
     "optim.lr=3e-3",
 ]
+
+
+def run_script(script: str, cwd: Path, *overrides, check=True) -> subprocess.CompletedProcess:
+    """Run train.py or sample.py with Hydra overrides as a user would, from cwd."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_mnist, tmp_path_factory):
+    """One tiny train.py run from an empty working folder: (working folder, its run folder, stdout)."""
+    cwd = tmp_path_factory.mktemp("train")
+    proc = run_script("train.py", cwd, f"data.data_dir={tiny_mnist}", *TINY_RUN)
+    (run,) = (cwd / "outputs").glob("*/*")
+    return cwd, run, proc.stdout

@@ -132,3 +132,23 @@ def test_prior_samples_are_probabilities_for_any_number_of_steps(write_attention
     canvases, windows = model.sample(7, T=9)
     assert canvases.shape == (9, 7, 28, 28) and len(windows) == 9
     assert canvases.min() >= 0 and canvases.max() <= 1
+
+
+def test_reconstruction_is_closer_to_its_image_than_to_another_once_trained():
+    from conftest import fake_digits
+
+    torch.manual_seed(0)
+    images = torch.from_numpy(fake_digits(64, seed=3)).float().div(255).round()
+    model = DRAW(small_config(read_attention=False, write_attention=False, T=4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        loss = model(images).nll_bound.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        reconstructions = torch.sigmoid(model(images, record=True).canvases[-1])
+    flat = images.flatten(1)
+    own = (reconstructions - flat).pow(2).sum(1)
+    other = (reconstructions - flat.roll(1, dims=0)).pow(2).sum(1)
+    assert own.mean() < 0.7 * other.mean()

@@ -1,14 +1,9 @@
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from conftest import ROOT, TINY_RUN
+from conftest import ROOT, TINY_RUN, run_script
 from draw.module import DRAWModule
 from draw.run import build_module
 
@@ -19,16 +14,6 @@ ATTENTIONS = sorted(p.stem for p in (ROOT / "conf" / "attention").glob("*.yaml")
 def compose_config(*overrides):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
-
-
-def run_train(cwd: Path, *overrides, check=True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 @pytest.mark.parametrize("overrides", [[f"attention={a}"] for a in ATTENTIONS] + [[f"experiment={e}"] for e in EXPERIMENTS])
@@ -56,30 +41,35 @@ def test_experiments_hold_the_paper_and_seed_settings():
     assert compose_config().model == attention.model and compose_config().attention == attention.attention
 
 
-def test_train_runs_end_to_end_and_leaves_the_working_folder_alone(tiny_mnist, tmp_path):
-    proc = run_train(tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN)
-    assert [p.name for p in tmp_path.iterdir()] == ["outputs"]
-    (run,) = (tmp_path / "outputs").glob("*/*")
+def test_train_runs_end_to_end_and_leaves_the_working_folder_alone(trained_run):
+    cwd, run, stdout = trained_run
+    assert [p.name for p in cwd.iterdir()] == ["outputs"]
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert len(list((run / "checkpoints").glob("epoch*-val_nll*.ckpt"))) == 1
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    nll = float(proc.stdout.split("test NLL bound: ")[1].split()[0])
+    nll = float(stdout.split("test NLL bound: ")[1].split()[0])
     assert nll < 543.4  # 784 ln 2: better than the untrained, all-0.5 canvas
 
-    # The checkpoint alone rebuilds the model: hyper-parameters are plain Python types.
-    module = DRAWModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+
+def test_checkpoint_alone_rebuilds_the_model(trained_run):
+    _, run, _ = trained_run
+    module = DRAWModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert type(module.hparams.model) is dict and module.hparams.model["T"] == 3
     assert module.model.cfg.read_attention and module.model.cfg.write_n == 5
 
-    # Resuming continues from the checkpoint's epoch and step.
-    run_train(tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=3", f"ckpt_path={run}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path}/resumed")
-    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert (resumed["epoch"], resumed["global_step"]) == (2, 30)
+
+def test_resume_continues_from_the_checkpoint(trained_run, tiny_mnist, tmp_path):
+    _, run, _ = trained_run
+    resumed = tmp_path / "resumed"
+    run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=3",
+               f"ckpt_path={run}/checkpoints/last.ckpt", f"hydra.run.dir={resumed}")
+    state = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (state["epoch"], state["global_step"]) == (2, 30)
 
 
 def test_two_job_sweep_runs_both_jobs(tiny_mnist, tmp_path):
-    proc = run_train(tmp_path, "-m", "attention=none,read_write", f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}/sweep")
+    proc = run_script("train.py", tmp_path, "-m", "attention=none,read_write", f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}/sweep")
     assert proc.stdout.count("test NLL bound:") == 2
     for job in ("0", "1"):
         assert (tmp_path / "sweep" / job / "checkpoints" / "last.ckpt").is_file()
-    assert torch.load(tmp_path / "sweep" / "0" / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]["model"]["read_attention"] is False
+    assert torch.load(tmp_path / "sweep" / "0" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["model"]["read_attention"] is False

@@ -1,0 +1,48 @@
+"""TensorBoard pictures of the model learning to draw, written at the end of each validation epoch."""
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from draw import viz
+
+
+class DrawingImages(pl.Callback):
+    """Logs prior samples, the canvas over steps, reconstructions beside their originals, and the per-step
+    KL (as a histogram whose bins are the steps 1..T, so its shape is the KL curve). Does nothing without
+    a TensorBoard logger. The same noise every epoch (its own seed), so epochs compare and training's
+    random stream is left untouched."""
+
+    def __init__(self, n: int = 16, steps_shown: int = 8, seed: int = 0):
+        self.n, self.steps_shown, self.seed = n, steps_shown, seed
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if trainer.sanity_checking or not loggers or not trainer.is_global_zero:
+            return
+        writer, step, model = loggers[0].experiment, trainer.global_step, module.model
+        H, W = model.cfg.height, model.cfg.width
+        x = next(iter(trainer.val_dataloaders))[: self.n].to(module.device)
+        devices = [module.device] if module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(self.seed)
+            canvases, _ = model.sample(self.n)  # (T, n, H, W)
+            out = model(x, record=True)
+        cols = viz.grid_columns(self.n)
+        writer.add_image("samples", viz.grid(canvases[-1], cols), step)
+        writer.add_image("samples_over_steps", viz.steps_picture(canvases[:, : self.steps_shown]), step)
+        reconstructions = torch.sigmoid(out.canvases[-1]).view(-1, H, W)
+        pairs = torch.stack([x.view(-1, H, W), reconstructions], 1).flatten(0, 1)
+        writer.add_image("reconstructions", viz.grid(pairs, 2 * cols), step)
+        kl = out.kl_steps.mean(0).double().cpu()  # (T,) nats per step
+        steps = torch.arange(1, len(kl) + 1, dtype=torch.float64)
+        writer.add_histogram_raw(
+            "kl_per_step",
+            min=1,
+            max=len(kl),
+            num=float(kl.sum()),
+            sum=float((kl * steps).sum()),
+            sum_squares=float((kl * steps**2).sum()),
+            bucket_limits=steps.tolist(),
+            bucket_counts=kl.tolist(),
+            global_step=step,
+        )

@@ -1,0 +1,31 @@
+import pytest
+from pytorch_lightning import Trainer
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from draw.callbacks import DrawingImages
+from draw.data import MNISTDataModule
+from draw.model import DRAWConfig
+from draw.module import DRAWModule
+
+
+def test_training_writes_the_drawing_images_to_tensorboard(trained_run):
+    _, run, _ = trained_run
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "histograms": 0})
+    events.Reload()
+    assert {"samples", "samples_over_steps", "reconstructions"} <= set(events.Tags()["images"])
+    assert len(events.Images("samples")) == 2  # one per validation epoch, none for the sanity check
+    samples = events.Images("samples")[-1]
+    assert (samples.width, samples.height) == (4 * 30 + 2, 4 * 30 + 2)  # 16 samples, 4 x 4
+    (kl,) = [e.histogram_value for e in events.Histograms("kl_per_step")][-1:]
+    assert list(kl.bucket_limit) == [1.0, 2.0, 3.0]  # one bin per step of T=3
+    assert all(c >= 0 for c in kl.bucket) and kl.num == pytest.approx(sum(kl.bucket))
+
+
+def test_callback_does_nothing_without_tensorboard(tiny_mnist, tmp_path):
+    module = DRAWModule(model=vars(DRAWConfig(T=2, z_size=4, enc_size=8, dec_size=8)), optim={"lr": 1e-3, "betas": [0.9, 0.999]})
+    trainer = Trainer(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[DrawingImages()], default_root_dir=tmp_path,
+    )
+    trainer.fit(module, MNISTDataModule(data_dir=str(tiny_mnist), val_size=40))
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from conftest import ROOT, run_script
+from draw import viz
+from draw.sample import PRETRAINED, sample
+
+
+def sample_config(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="sample", overrides=list(overrides))
+
+
+def gif_frames(path):
+    with Image.open(path) as gif:
+        return [frame.convert("RGB").copy() for frame in _each_frame(gif)]
+
+
+def _each_frame(gif):
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        yield gif
+
+
+@pytest.fixture(scope="module")
+def prior_samples(trained_run, tmp_path_factory):
+    _, run, _ = trained_run
+    out = tmp_path_factory.mktemp("prior")
+    # The model was trained with T=3: drawing 5 steps is allowed.
+    run_script("sample.py", out, f"ckpt_path={run}/checkpoints/last.ckpt", "n=6", "T=5", f"hydra.run.dir={out}")
+    return out
+
+
+def test_prior_sampling_writes_every_file(prior_samples):
+    for name in ("samples.png", "steps.png", "samples.gif", "canvases.npz"):
+        assert (prior_samples / name).is_file(), name
+
+
+def test_gif_has_one_frame_per_step_of_the_grid_size(prior_samples):
+    frames = gif_frames(prior_samples / "samples.gif")
+    assert len(frames) == 5
+    # 6 samples on a 3 x 2 grid of 28-pixel cells with 2-pixel gaps, enlarged twice (scale=2)
+    assert frames[0].size == (2 * (3 * 30 + 2), 2 * (2 * 30 + 2))
+
+
+def test_canvases_npz_has_stated_shapes_and_probabilities(prior_samples):
+    data = np.load(prior_samples / "canvases.npz")
+    assert data["canvases"].shape == (5, 6, 28, 28)
+    assert data["canvases"].min() >= 0 and data["canvases"].max() <= 1
+    for field in ("g_x", "g_y", "delta", "var", "gamma"):
+        assert data[f"write_{field}"].shape == (5, 6)
+    assert "read_g_x" not in data  # the prior has no read
+
+
+def test_last_canvas_is_samples_png(prior_samples):
+    canvases = torch.from_numpy(np.load(prior_samples / "canvases.npz")["canvases"])
+    expected = (viz.grid(canvases[-1], nrow=3) * 255).round().permute(1, 2, 0).numpy()
+    png = np.asarray(Image.open(prior_samples / "samples.png").convert("RGB"), dtype=np.float64)
+    assert png.shape == expected.shape
+    assert np.abs(png - expected).max() <= 1
+
+
+def test_reconstruction_with_boxes(trained_run, tiny_mnist, tmp_path):
+    _, run, _ = trained_run
+    cfg = sample_config(f"ckpt_path={run}/checkpoints/last.ckpt", "mode=reconstruct", "boxes=true", "n=4",
+                        f"data_dir={tiny_mnist}", "scale=3")
+    sample(cfg, str(tmp_path))
+    data = np.load(tmp_path / "canvases.npz")
+    assert data["canvases"].shape == (3, 4, 28, 28) and data["originals"].shape == (4, 28, 28)
+    assert set(np.unique(data["originals"])) <= {0.0, 1.0}
+    assert data["read_g_x"].shape == data["write_g_x"].shape == (3, 4)
+    frames = [np.asarray(f) for f in gif_frames(tmp_path / "samples.gif")]
+    assert len(frames) == 3
+    colours = {tuple(c) for c in frames[-1].reshape(-1, 3)}
+    assert viz.READ_COLOUR in colours and viz.WRITE_COLOUR in colours
+    # Each original sits beside its reconstruction: twice the columns of a plain grid.
+    assert frames[0].shape[1] == 3 * (2 * 2 * 30 + 2)
+
+
+def test_missing_checkpoint_is_one_line_and_exit_status_2(tmp_path):
+    proc = run_script("sample.py", tmp_path, f"ckpt_path={tmp_path}/nope.ckpt", f"hydra.run.dir={tmp_path}/out", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: ckpt_path={tmp_path}/nope.ckpt does not exist: give the path of a .ckpt that train.py wrote"]
