@@ -10,7 +10,8 @@ from draw.run import train
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
-    return train(cfg, HydraConfig.get().runtime.output_dir)["test/nll"]
+    hydra_cfg = HydraConfig.get()
+    return train(cfg, hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task)["test/nll"]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
 """TensorBoard pictures of the model learning to draw, written at the end of each validation epoch."""
+import time
+
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -46,3 +48,31 @@ class DrawingImages(pl.Callback):
             bucket_counts=kl.tolist(),
             global_step=step,
         )
+
+
+class TrainThroughput(pl.Callback):
+    """Training images per second over the training batches (data loading, logging and the progress bar
+    included; validation left out)."""
+
+    def __init__(self):
+        self.images, self.seconds, self._last = 0, 0.0, None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else float("nan")
+
+    def on_train_epoch_start(self, trainer, module):
+        self._last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        if self._last is not None:
+            self.seconds += now - self._last
+            self.images += len(batch) * trainer.world_size
+        self._last = now
+
+    def on_validation_start(self, trainer, module):
+        self._last = None
+
+    def on_validation_end(self, trainer, module):
+        self._last = time.perf_counter()

@@ -4,6 +4,7 @@ Plain PyTorch, no Lightning or Hydra. Equation numbers are the paper's. Shapes: 
 (the paper's B x A; pixel coordinates run 1..W and 1..H as Eqs. 22-23 assume), N glimpse size,
 Z latent size, T steps. The canvas is kept flat, (B, H*W), and viewed as (B, H, W) where attention needs it.
 """
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
@@ -174,6 +175,7 @@ class DRAWOutput:
     # Filled with record=True: every step's canvas logits, latents and attention windows.
     canvases: list = field(default_factory=list)  # T x (B, H*W)
     latents: list = field(default_factory=list)  # T x (B, Z)
+    posteriors: list = field(default_factory=list)  # T x (mu, log_sigma), each (B, Z)
     read_windows: list = field(default_factory=list)  # T x AttentionWindow (or None)
     write_windows: list = field(default_factory=list)  # T x AttentionWindow (or None)
 
@@ -232,6 +234,7 @@ class DRAW(nn.Module):
             if record:
                 out.canvases.append(c)
                 out.latents.append(z)
+                out.posteriors.append((mu, log_sigma))
                 out.read_windows.append(read_window)
                 out.write_windows.append(write_window)
         out.lx = F.binary_cross_entropy_with_logits(c, x, reduction="none").sum(1)  # Eq. 9, (B,)
@@ -252,3 +255,35 @@ class DRAW(nn.Module):
             canvases.append(torch.sigmoid(c))  # D(X | c_t); Eq. 16 samples from the last one
             windows.append(window)
         return torch.stack(canvases).view(-1, n, self.cfg.height, self.cfg.width), windows
+
+
+# ----------------------------------------------------------------------------------------------------
+# A tighter bound for evaluation (Burda et al. 2016; the paper reports the ELBO only)
+
+
+def log_importance_weights(out: DRAWOutput) -> torch.Tensor:
+    """log p(x, z) / q(z | x) of each image's sampled z_1..z_T, (B,), from a recorded forward pass:
+    -Lx - sum_t [log q(z_t | x, z_<t) - log p(z_t)]. Its expectation over z is the ELBO."""
+    log_q_over_p = 0.0
+    for z, (mu, log_sigma) in zip(out.latents, out.posteriors):
+        eps = (z - mu) / log_sigma.exp()
+        log_q_over_p = log_q_over_p + (0.5 * (z.pow(2) - eps.pow(2)) - log_sigma).sum(1)  # log N(z; mu, sigma) - log N(z; 0, 1)
+    return -out.lx - log_q_over_p
+
+
+@torch.no_grad()
+def iw_nll(model: DRAW, x: torch.Tensor, K: int, max_rows: int = 500) -> torch.Tensor:
+    """-log (1/K) sum_k p(x, z_k) / q(z_k | x) per image, (B,): an upper bound on -log p(x) that is never
+    looser than the ELBO's in expectation and tightens as K grows. Passes hold at most max_rows rows."""
+    x = x.flatten(1)
+    per_pass = max(1, max_rows // K)  # images per pass
+    k_per_pass = min(K, max_rows)  # samples per image per pass
+    nll = []
+    for images in x.split(per_pass):
+        log_w = []  # pieces of (k, b)
+        for k in range(0, K, k_per_pass):
+            k = min(k_per_pass, K - k)
+            out = model(images.repeat(k, 1), record=True)
+            log_w.append(log_importance_weights(out).view(k, len(images)))
+        nll.append(math.log(K) - torch.logsumexp(torch.cat(log_w), dim=0))
+    return torch.cat(nll)

@@ -2,7 +2,7 @@
 import pytorch_lightning as pl
 import torch
 
-from draw.model import DRAW, DRAWConfig
+from draw.model import DRAW, DRAWConfig, iw_nll
 
 
 class DRAWModule(pl.LightningModule):
@@ -13,6 +13,8 @@ class DRAWModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = DRAW(DRAWConfig(**model))
+        # Samples per test image of the importance-weighted bound, set for evaluation (0: ELBO only).
+        self.iw_samples = 0
 
     def forward(self, x, record: bool = False):
         return self.model(x, record=record)
@@ -23,8 +25,10 @@ class DRAWModule(pl.LightningModule):
         loss = lx + lz  # Eq. 12: the negative ELBO, an upper bound on the NLL, in nats per image
         on_step = stage == "train"
         name = "loss" if stage == "train" else "nll"
-        self.log(f"{stage}/{name}", loss, batch_size=len(x), prog_bar=True, on_step=on_step, on_epoch=not on_step)
-        self.log_dict({f"{stage}/lx": lx, f"{stage}/lz": lz}, batch_size=len(x), on_step=on_step, on_epoch=not on_step)
+        # sync_dist: under DDP, validation and test means are taken over every rank's images.
+        log = dict(batch_size=len(x), on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        self.log(f"{stage}/{name}", loss, prog_bar=True, **log)
+        self.log_dict({f"{stage}/lx": lx, f"{stage}/lz": lz}, **log)
         return loss
 
     def training_step(self, x, batch_idx):
@@ -34,6 +38,8 @@ class DRAWModule(pl.LightningModule):
         return self._step(x, "val")
 
     def test_step(self, x, batch_idx):
+        if self.iw_samples:
+            self.log("test/iw_nll", iw_nll(self.model, x, self.iw_samples).mean(), batch_size=len(x), sync_dist=True)
         return self._step(x, "test")
 
     def configure_optimizers(self):

@@ -1,3 +1,6 @@
+import csv
+import json
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -5,6 +8,7 @@ from hydra.utils import instantiate
 
 from conftest import ROOT, TINY_RUN, run_script
 from draw.module import DRAWModule
+from draw.report import write_summary
 from draw.run import build_module
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -67,9 +71,51 @@ def test_resume_continues_from_the_checkpoint(trained_run, tiny_mnist, tmp_path)
     assert (state["epoch"], state["global_step"]) == (2, 30)
 
 
-def test_two_job_sweep_runs_both_jobs(tiny_mnist, tmp_path):
-    proc = run_script("train.py", tmp_path, "-m", "attention=none,read_write", f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}/sweep")
+def test_metrics_json_sums_the_run_up(trained_run):
+    _, run, stdout = trained_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test/nll"] == pytest.approx(metrics["test/lx"] + metrics["test/lz"], rel=1e-5)
+    assert f"test NLL bound: {metrics['test/nll']:.2f}" in stdout
+    assert (metrics["epochs"], metrics["steps"]) == (2, 20)  # 200 train images, batch 20, 2 epochs
+    assert metrics["params"] == sum(p.numel() for p in DRAWModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt").parameters())
+    assert metrics["wall_time_s"] > 0 and metrics["train_images_per_s"] > 0
+    assert "model.T=3" in metrics["overrides"] and metrics["checkpoint"].endswith(".ckpt")
+
+
+def test_evaluate_a_checkpoint_without_training(trained_run, tiny_mnist, tmp_path):
+    _, run, _ = trained_run
+    best = next((run / "checkpoints").glob("epoch*.ckpt"))
+    proc = run_script("train.py", tmp_path, "train=false", f"ckpt_path={best}", f"data.data_dir={tiny_mnist}",
+                      "data.val_size=40", "eval.iw_samples=4", f"hydra.run.dir={tmp_path}/eval")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["steps"] == 0 and metrics["train_images_per_s"] is None
+    assert "test/iw_nll" in metrics and "importance-weighted bound, K=4" in proc.stdout
+    assert not (tmp_path / "eval" / "checkpoints").exists()
+
+
+def test_two_job_sweep_writes_its_summary(tiny_mnist, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_script("train.py", tmp_path, "-m", "attention=none,read_write", f"data.data_dir={tiny_mnist}", *TINY_RUN,
+                      "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
     assert proc.stdout.count("test NLL bound:") == 2
     for job in ("0", "1"):
-        assert (tmp_path / "sweep" / job / "checkpoints" / "last.ckpt").is_file()
-    assert torch.load(tmp_path / "sweep" / "0" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["model"]["read_attention"] is False
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+    assert torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["model"]["read_attention"] is False
+
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["overrides"] for r in rows) == ["attention=none", "attention=read_write"]
+    nlls = [float(r["test/nll"]) for r in rows]
+    assert nlls == sorted(nlls) and all(r["status"] == "finished" for r in rows)
+    assert "| attention=read_write |" in (sweep / "summary.md").read_text()
+    assert (sweep / "curves.png").stat().st_size > 0
+
+    # The report command rebuilds it all from the folder alone, also for a job that never finished.
+    summary_md = (sweep / "summary.md").read_text()
+    for name in ("summary.md", "summary.csv", "curves.png"):
+        (sweep / name).unlink()
+    (sweep / "1" / "metrics.json").unlink()
+    rows = write_summary(sweep)
+    assert [r["status"] for r in rows] == ["finished", "unfinished"]
+    assert rows[1]["best val/nll"] is not None and (sweep / "curves.png").is_file()
+    assert summary_md.splitlines()[:6] == (sweep / "summary.md").read_text().splitlines()[:6]
