@@ -4,6 +4,7 @@ import time
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_info
 
 from draw import viz
 
@@ -76,3 +77,15 @@ class TrainThroughput(pl.Callback):
 
     def on_validation_end(self, trainer, module):
         self._last = time.perf_counter()
+
+
+class SaveOnInterrupt(pl.Callback):
+    """Ctrl-C during fit: save a checkpoint and say how to resume (Lightning then exits)."""
+
+    def __init__(self, path, resume_command: str):
+        self.path, self.resume_command = path, resume_command
+
+    def on_exception(self, trainer, module, exception):
+        if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == "fit":
+            trainer.save_checkpoint(self.path)
+            rank_zero_info(f"interrupted: saved {self.path}\nresume with: {self.resume_command}")

@@ -105,10 +105,18 @@ class MNISTDataModule(pl.LightningDataModule):
             test_file = load_mnist(hp.data_dir, train=False)
             self.datasets["test"] = BinarizedImages(test_file, hp.eval_binarization, hp.binarization_seed + 1)
 
+    @property
+    def per_process_batch_size(self) -> int:
+        """data.batch_size is the global batch: under DDP each process takes its share."""
+        processes = self.trainer.world_size if self.trainer is not None else 1
+        if self.hparams.batch_size % processes:
+            raise UserError(f"data.batch_size={self.hparams.batch_size} must divide among {processes} processes")
+        return self.hparams.batch_size // processes
+
     def _loader(self, split: str, shuffle: bool = False):
         return DataLoader(
             self.datasets[split],
-            batch_size=self.hparams.batch_size,
+            batch_size=self.per_process_batch_size,
             shuffle=shuffle,
             num_workers=self.hparams.num_workers,
             collate_fn=_batch_as_is,

@@ -1,20 +1,34 @@
 """The LightningModule: DRAW's loss as the training objective, Adam, and the metrics in nats per image."""
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 
+from draw.errors import UserError
 from draw.model import DRAW, DRAWConfig, iw_nll
+
+
+class NonFiniteTraining(UserError):
+    pass
 
 
 class DRAWModule(pl.LightningModule):
     """`model` holds DRAWConfig's fields and `optim` Adam's lr and betas, both plain dicts, so a checkpoint's
-    hyper-parameters rebuild the model with `DRAWModule.load_from_checkpoint(path)` and no config at hand."""
+    hyper-parameters rebuild the model with `DRAWModule.load_from_checkpoint(path)` and no config at hand.
+
+    A step whose loss or gradient is not finite is skipped (no update, Adam's moments untouched) and
+    counted; `max_nonfinite_steps` of them in a row stop training with a checkpoint of the weights before.
+    """
 
     def __init__(self, model: dict, optim: dict):
         super().__init__()
         self.save_hyperparameters()
         self.model = DRAW(DRAWConfig(**model))
-        # Samples per test image of the importance-weighted bound, set for evaluation (0: ELBO only).
-        self.iw_samples = 0
+        # Run settings, not hyper-parameters: set by whoever runs the module.
+        self.iw_samples = 0  # samples per test image of the importance-weighted bound (0: ELBO only)
+        self.max_nonfinite_steps = 10
+        self.skipped_steps = 0
+        self._nonfinite_in_a_row = 0
 
     def forward(self, x, record: bool = False):
         return self.model(x, record=record)
@@ -32,7 +46,34 @@ class DRAWModule(pl.LightningModule):
         return loss
 
     def training_step(self, x, batch_idx):
-        return self._step(x, "train")
+        loss = self._step(x, "train")
+        if not torch.isfinite(loss):
+            self._skip("loss")
+            return None  # Lightning then skips backward, and the optimizer finds no gradients
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:  # a skipped loss
+            return
+        if torch.stack(torch._foreach_norm(grads)).isfinite().all():
+            self._nonfinite_in_a_row = 0
+            return
+        for p in self.parameters():
+            p.grad = None  # Adam leaves parameters without gradients (and their moments) alone
+        self._skip("gradient")
+
+    def _skip(self, what: str):
+        self.skipped_steps += 1
+        self._nonfinite_in_a_row += 1
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
+            path = Path(self.trainer.default_root_dir) / "checkpoints" / "before_nonfinite.ckpt"
+            self.trainer.save_checkpoint(path)
+            raise NonFiniteTraining(
+                f"{self._nonfinite_in_a_row} steps in a row had a non-finite {what} (step {self.global_step}); "
+                f"training stopped, the weights from before them are in {path}: lower optim.lr, or raise max_nonfinite_steps"
+            )
 
     def validation_step(self, x, batch_idx):
         return self._step(x, "val")

@@ -10,7 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from draw.callbacks import DrawingImages, TrainThroughput
+from draw.callbacks import DrawingImages, SaveOnInterrupt, TrainThroughput
+from draw.config import check_same_model, read_checkpoint, validate_train_config
 from draw.errors import UserError
 from draw.module import DRAWModule
 
@@ -24,48 +25,73 @@ def build_module(cfg: DictConfig) -> DRAWModule:
     return DRAWModule(model=model_hparams(cfg), optim=OmegaConf.to_container(cfg.optim, resolve=True))
 
 
+def resolve_ckpt_path(ckpt_path):
+    """ckpt_path=last: the newest outputs/*/*/checkpoints/last.ckpt under the working folder."""
+    if ckpt_path != "last":
+        return ckpt_path
+    candidates = sorted(Path("outputs").glob("*/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise UserError("ckpt_path=last found no outputs/*/*/checkpoints/last.ckpt here: give the checkpoint's path")
+    return str(candidates[-1])
+
+
 def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> dict:
     """Fit on train/val (unless train=false), then evaluate the best checkpoint on the test set (fixed
     binarization). Everything written goes under output_dir; metrics.json sums the run up."""
     started = time.perf_counter()
+    validate_train_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path)
+    if ckpt_path:
+        checkpoint = read_checkpoint(ckpt_path)
+        if cfg.train:
+            check_same_model(checkpoint, model_hparams(cfg), ckpt_path)
+    elif not cfg.train:
+        raise UserError("train=false evaluates a checkpoint: give it as ckpt_path=PATH")
     out = Path(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
-    checkpoints = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="epoch{epoch:03d}-val_nll{val/nll:.2f}",
         auto_insert_metric_name=False,
         monitor="val/nll",
         mode="min",
-        save_last=True,
     )
+    # last.ckpt: at every epoch's end, and every checkpoint_every_n_steps steps when that is > 0.
+    last = ModelCheckpoint(dirpath=out / "checkpoints", save_top_k=0, save_last=True,
+                           every_n_train_steps=cfg.checkpoint_every_n_steps or None)
+    resume_command = " ".join(["python train.py", *(o for o in overrides if not o.startswith("ckpt_path=")),
+                               f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
     throughput = TrainThroughput()
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         default_root_dir=str(out),
         logger=TensorBoardLogger(str(out), name="tensorboard", version=""),
-        callbacks=[checkpoints, throughput, DrawingImages()],
+        callbacks=[best, last, throughput, DrawingImages(), SaveOnInterrupt(out / "checkpoints" / "last.ckpt", resume_command)],
     )
     if cfg.train:
         module = build_module(cfg)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-        evaluated = checkpoints.best_model_path or None  # None: the weights as they are (no validation ran)
-    elif cfg.ckpt_path:
-        module = DRAWModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True)
-        evaluated = None
+        module.max_nonfinite_steps = cfg.max_nonfinite_steps
+        if trainer.is_global_zero:
+            print(f"outputs: {out}\nif this run dies, resume it with: {resume_command}")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        evaluated = best.best_model_path or None  # None: the weights as they are (no validation ran)
     else:
-        raise UserError("train=false evaluates a checkpoint: give it as ckpt_path=PATH")
+        module = DRAWModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+        evaluated = None
     module.iw_samples = cfg.eval.iw_samples
     results = trainer.test(module, datamodule=datamodule, ckpt_path=evaluated)
     metrics = {
         **{k: float(v) for k, v in results[0].items()},
+        "val/nll_best": float(best.best_model_score) if best.best_model_score is not None else None,
+        "skipped_steps": module.skipped_steps,
         "iw_samples": cfg.eval.iw_samples,
         "params": sum(p.numel() for p in module.parameters()),
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "wall_time_s": time.perf_counter() - started,
         "train_images_per_s": throughput.images_per_s if throughput.images else None,
-        "checkpoint": str(evaluated or cfg.ckpt_path or ""),
+        "checkpoint": str(evaluated or ckpt_path or ""),
         "overrides": list(overrides),
     }
     if trainer.is_global_zero:

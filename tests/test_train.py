@@ -67,8 +67,9 @@ def test_resume_continues_from_the_checkpoint(trained_run, tiny_mnist, tmp_path)
     resumed = tmp_path / "resumed"
     run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=3",
                f"ckpt_path={run}/checkpoints/last.ckpt", f"hydra.run.dir={resumed}")
-    state = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
-    assert (state["epoch"], state["global_step"]) == (2, 30)
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
+    metrics = json.loads((resumed / "metrics.json").read_text())
+    assert (metrics["epochs"], metrics["steps"]) == (3, 30)  # one more epoch of 10 steps, not three
 
 
 def test_metrics_json_sums_the_run_up(trained_run):

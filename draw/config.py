@@ -1,0 +1,127 @@
+"""Checks of a composed config and of checkpoints, before any work starts: each problem is one UserError
+line naming the key, the value and what is allowed."""
+import tempfile
+from pathlib import Path
+
+import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from draw.data import BINARIZATIONS
+from draw.errors import UserError, exit_with
+
+MNIST_SIZE = 28
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+# Where each DRAWConfig field is set on the command line.
+MODEL_KEYS = {
+    "T": "model.T", "z_size": "model.z_size", "enc_size": "model.enc_size", "dec_size": "model.dec_size",
+    "height": "model.height", "width": "model.width", "read_attention": "attention", "write_attention": "attention",
+    "read_n": "attention.read_n", "write_n": "attention.write_n",
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def require(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise UserError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def require_int(key: str, value, low: int, high: int = None) -> None:
+    ok = _is_int(value) and value >= low and (high is None or value <= high)
+    require(ok, key, value, f"an integer >= {low}" + (f" and <= {high}" if high is not None else ""))
+
+
+def check_accelerator(key: str, value: str) -> None:
+    require(value in ACCELERATORS, key, value, f"one of {', '.join(ACCELERATORS)}")
+    if value in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"{key}={value!r}: no CUDA device is visible here; use {key}=cpu (or auto)")
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    m, a, d, o = cfg.model, cfg.attention, cfg.data, cfg.optim
+    for key in ("T", "z_size", "enc_size", "dec_size"):
+        require_int(f"model.{key}", m[key], 1)
+    for key in ("height", "width"):
+        require(m[key] == MNIST_SIZE, f"model.{key}", m[key], f"{MNIST_SIZE}, the size of MNIST's images")
+    for key in ("read_n", "write_n"):
+        require_int(f"attention.{key}", a[key], 1, min(m.height, m.width))
+    require_int("data.batch_size", d.batch_size, 1)
+    require_int("data.val_size", d.val_size, 1)
+    require_int("data.num_workers", d.num_workers, 0)
+    for key in ("binarization", "eval_binarization"):
+        require(d[key] in BINARIZATIONS, f"data.{key}", d[key], f"one of {', '.join(BINARIZATIONS)}")
+    require(_is_number(o.lr) and 0 < o.lr < 1, "optim.lr", o.lr, "a number > 0 and < 1")
+    betas = list(o.betas) if not isinstance(o.betas, (str, int, float)) else o.betas
+    require(
+        isinstance(betas, list) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
+        "optim.betas", betas, "two numbers in [0, 1), e.g. [0.5, 0.999]",
+    )
+    require_int("trainer.max_epochs", cfg.trainer.max_epochs, 1)
+    check_accelerator("trainer.accelerator", cfg.trainer.accelerator)
+    require_int("eval.iw_samples", cfg.eval.iw_samples, 0)
+    require_int("checkpoint_every_n_steps", cfg.checkpoint_every_n_steps, 0)
+    require_int("max_nonfinite_steps", cfg.max_nonfinite_steps, 1)
+    require_int("seed", cfg.seed, 0)
+
+
+def read_checkpoint(path, key: str = "ckpt_path") -> dict:
+    """A train.py checkpoint loaded as data (weights_only), or one line saying why it cannot be."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{key}={path} does not exist: give the path of a .ckpt that train.py wrote")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or holding code rather than data
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{key}={path} is not a readable checkpoint (truncated, or not written by train.py): {reason}") from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint.get("hyper_parameters", {}):
+        raise UserError(f"{key}={path} is not a DRAW checkpoint: it holds no model hyper-parameters")
+    return checkpoint
+
+
+def check_same_model(checkpoint: dict, model: dict, path) -> None:
+    """Resuming needs the checkpoint's sizes: name the first hyper-parameter that differs."""
+    saved = checkpoint["hyper_parameters"]["model"]
+    for name, value in model.items():
+        if saved.get(name) != value:
+            raise UserError(
+                f"ckpt_path={path} was trained with {name}={saved.get(name)!r} but this run has {name}={value!r} "
+                f"(set by {MODEL_KEYS.get(name, name)}): resume with the checkpoint's settings, or start a new run"
+            )
+
+
+def check_writable(folder) -> None:
+    """The folder, or the nearest existing folder above it, must take new files."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(existing)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(f"output folder {folder} cannot be written ({type(e).__name__}): choose another with hydra.run.dir=... or hydra.sweep.dir=...") from None
+
+
+class CheckOutputFolder(Callback):
+    """Hydra callback: stop with one line before Hydra creates an output folder it cannot write."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(folder) -> None:
+        try:
+            check_writable(folder)
+        except UserError as e:
+            exit_with(e)
