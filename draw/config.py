@@ -12,14 +12,6 @@ from draw.errors import UserError, exit_with
 
 MNIST_SIZE = 28
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-# Where each DRAWConfig field is set on the command line.
-MODEL_KEYS = {
-    "T": "model.T", "z_size": "model.z_size", "enc_size": "model.enc_size", "dec_size": "model.dec_size",
-    "height": "model.height", "width": "model.width", "read_attention": "attention", "write_attention": "attention",
-    "read_n": "attention.read_n", "write_n": "attention.write_n",
-}
-
-
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -79,22 +71,22 @@ def read_checkpoint(path, key: str = "ckpt_path") -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or holding code rather than data
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{key}={path} is not a readable checkpoint (truncated, or not written by train.py): {reason}") from None
+        raise UserError(f"{key}={path} is not a readable checkpoint ({type(e).__name__}: truncated, or not a .ckpt that train.py wrote)") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint.get("hyper_parameters", {}):
         raise UserError(f"{key}={path} is not a DRAW checkpoint: it holds no model hyper-parameters")
     return checkpoint
 
 
-def check_same_model(checkpoint: dict, model: dict, path) -> None:
-    """Resuming needs the checkpoint's sizes: name the first hyper-parameter that differs."""
+def check_same_model(checkpoint: dict, cfg: DictConfig, path) -> None:
+    """Resuming needs the checkpoint's sizes: name the first setting of the model or attention groups that differs."""
     saved = checkpoint["hyper_parameters"]["model"]
-    for name, value in model.items():
-        if saved.get(name) != value:
-            raise UserError(
-                f"ckpt_path={path} was trained with {name}={saved.get(name)!r} but this run has {name}={value!r} "
-                f"(set by {MODEL_KEYS.get(name, name)}): resume with the checkpoint's settings, or start a new run"
-            )
+    for group in ("model", "attention"):
+        for name, value in cfg[group].items():
+            if saved.get(name) != value:
+                raise UserError(
+                    f"ckpt_path={path} was trained with {group}.{name}={saved.get(name)!r} but this run has "
+                    f"{group}.{name}={value!r}: resume with the checkpoint's settings, or start a new run"
+                )
 
 
 def check_writable(folder) -> None:

@@ -28,7 +28,7 @@ def load_mnist(data_dir: str, train: bool) -> torch.Tensor:
     except (RuntimeError, OSError) as e:  # no network, or a folder that cannot be written
         raw = Path(data_dir).resolve() / "MNIST" / "raw"
         raise MNISTNotFoundError(
-            f"MNIST is not in {raw} and could not be downloaded ({e}): put train-images-idx3-ubyte, "
+            f"MNIST is not in {raw} and could not be downloaded ({type(e).__name__}): put train-images-idx3-ubyte, "
             f"train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte there, "
             f"or set data.data_dir to a folder holding MNIST/raw/"
         ) from None

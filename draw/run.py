@@ -44,12 +44,13 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> di
     if ckpt_path:
         checkpoint = read_checkpoint(ckpt_path)
         if cfg.train:
-            check_same_model(checkpoint, model_hparams(cfg), ckpt_path)
+            check_same_model(checkpoint, cfg, ckpt_path)
     elif not cfg.train:
         raise UserError("train=false evaluates a checkpoint: give it as ckpt_path=PATH")
     out = Path(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()  # a missing data set stops the run here, before any other work
     best = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="epoch{epoch:03d}-val_nll{val/nll:.2f}",

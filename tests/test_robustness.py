@@ -1,0 +1,184 @@
+"""Bad input stops with one line; killed, interrupted and NaN-hit runs lose little; seeded runs repeat."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from pytorch_lightning import Callback, Trainer
+
+from conftest import ROOT, TINY_RUN, run_script
+from draw.config import read_checkpoint
+from draw.data import MNISTDataModule
+from draw.errors import UserError
+from draw.model import DRAWConfig
+from draw.module import DRAWModule, NonFiniteTraining
+from draw.run import train
+
+
+def compose_config(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and all(f in last for f in fragments), last
+
+
+BAD_VALUES = [
+    ("model.T=0", "model.T=0", "integer >= 1"),
+    ("model.z_size=-3", "model.z_size=-3", "integer >= 1"),
+    ("model.enc_size=abc", "model.enc_size='abc'", "integer >= 1"),
+    ("attention.read_n=40", "attention.read_n=40", "<= 28"),
+    ("attention.write_n=0", "attention.write_n=0", ">= 1"),
+    ("data.batch_size=0", "data.batch_size=0", "integer >= 1"),
+    ("optim.lr=-0.1", "optim.lr=-0.1", "> 0"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0", "integer >= 1"),
+    ("data.binarization=random", "data.binarization='random'", "dynamic, fixed, threshold, none"),
+    ("trainer.accelerator=tpu9", "trainer.accelerator='tpu9'", "auto, cpu, gpu"),
+]
+
+
+@pytest.mark.parametrize("override,named,allowed", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_bad_value_is_one_line_before_any_work(override, named, allowed, tiny_mnist, tmp_path):
+    proc = run_script("train.py", tmp_path, override, f"data.data_dir={tiny_mnist}", f"hydra.run.dir={tmp_path}/run", check=False)
+    assert_one_line_error(proc, named, allowed)
+    # Nothing written but Hydra's record of the run and its log.
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "train.log"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_device_says_use_cpu(tmp_path):
+    with pytest.raises(UserError, match=r"trainer.accelerator='cuda': no CUDA device .* use trainer.accelerator=cpu"):
+        train(compose_config("trainer.accelerator=cuda"), str(tmp_path))
+
+
+def test_unknown_attention_lists_the_options(tmp_path):
+    proc = run_script("train.py", tmp_path, "attention=sideways", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "Could not find 'attention/sideways'" in proc.stderr and "read_write" in proc.stderr
+
+
+def test_output_folder_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_script("train.py", tmp_path, f"hydra.run.dir={blocker}/run", check=False)
+    assert_one_line_error(proc, f"output folder {blocker}/run cannot be written", "hydra.run.dir=")
+
+
+def test_data_folder_without_mnist_says_where_to_put_it(tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # refused at once: no network wait
+    with pytest.raises(UserError, match=r"MNIST is not in .*MNIST/raw.*put train-images-idx3-ubyte"):
+        train(compose_config(f"data.data_dir={tmp_path}/empty"), str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("problem", ["missing", "not a checkpoint", "truncated", "other sizes"])
+def test_bad_checkpoint_is_one_line(problem, trained_run, tiny_mnist, tmp_path):
+    _, run, _ = trained_run
+    good = run / "checkpoints" / "last.ckpt"
+    path, overrides, fragment = tmp_path / "bad.ckpt", TINY_RUN, "is not a readable checkpoint"
+    if problem == "missing":
+        fragment = "does not exist"
+    elif problem == "not a checkpoint":
+        path.write_text("hello")
+    elif problem == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    else:
+        path, overrides, fragment = good, [*TINY_RUN, "model.T=5"], "was trained with model.T=3 but this run has model.T=5"
+    proc = run_script("train.py", tmp_path, *overrides, f"data.data_dir={tiny_mnist}", f"ckpt_path={path}",
+                      f"hydra.run.dir={tmp_path}/run", check=False)
+    assert_one_line_error(proc, f"ckpt_path={path}", fragment)
+
+
+def test_killed_run_resumes_to_the_same_number_of_steps(tiny_mnist, tmp_path):
+    overrides = [f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=30", "checkpoint_every_n_steps=5"]
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run}"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(last, weights_only=True)["global_step"]
+    assert killed_at < 300, "the run finished before it could be killed"
+    for ckpt in (run / "checkpoints").glob("*.ckpt"):  # no half-written checkpoint left behind
+        read_checkpoint(ckpt)
+
+    resumed = tmp_path / "resumed"
+    run_script("train.py", tmp_path, *overrides, f"ckpt_path={last}", f"hydra.run.dir={resumed}")
+    metrics = json.loads((resumed / "metrics.json").read_text())
+    assert (metrics["epochs"], metrics["steps"]) == (30, 300)  # as an uninterrupted run: 30 epochs of 10 steps
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_mnist, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), f"data.data_dir={tiny_mnist}", *TINY_RUN,
+                             "trainer.max_epochs=1000", f"hydra.run.dir={run}"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (run / "tensorboard").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # well into training
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert f"resume with: python train.py" in output and f"ckpt_path={run}/checkpoints/last.ckpt" in output
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] > 0
+
+
+class Poison(Callback):
+    """Makes the loss (a NaN pixel in the batch) or one gradient non-finite at the given batches."""
+
+    def __init__(self, batches, where="loss"):
+        self.batches, self.where = set(batches), where
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self.where == "loss" and batch_idx in self.batches:
+            batch[0, 0, 0] = float("nan")
+
+    def on_after_backward(self, trainer, module):
+        if self.where == "gradient" and trainer.fit_loop.epoch_loop.batch_idx in self.batches:
+            module.model.q.weight.grad[0, 0] = float("inf")
+
+
+def fit_tiny(tiny_mnist, tmp_path, poison, max_nonfinite_steps=10):
+    module = DRAWModule(model=vars(DRAWConfig(T=2, z_size=4, enc_size=8, dec_size=8)), optim={"lr": 1e-3, "betas": [0.9, 0.999]})
+    module.max_nonfinite_steps = max_nonfinite_steps
+    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[poison], default_root_dir=tmp_path)
+    trainer.fit(module, MNISTDataModule(data_dir=str(tiny_mnist), batch_size=20, val_size=40))
+    return module
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_a_non_finite_step_is_skipped_and_counted(where, tiny_mnist, tmp_path):
+    module = fit_tiny(tiny_mnist, tmp_path, Poison({3, 7}, where))
+    assert module.skipped_steps == 2
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_non_finite_steps_in_a_row_stop_with_a_checkpoint(tiny_mnist, tmp_path):
+    with pytest.raises(NonFiniteTraining, match=r"3 steps in a row had a non-finite loss .* lower optim.lr"):
+        fit_tiny(tiny_mnist, tmp_path, Poison(range(2, 10)), max_nonfinite_steps=3)
+    saved = read_checkpoint(tmp_path / "checkpoints" / "before_nonfinite.ckpt")
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+def test_same_seed_and_config_give_the_same_run_to_the_bit(tiny_mnist, tmp_path):
+    cfg = compose_config(f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.deterministic=true",
+                         "trainer.enable_progress_bar=false")
+    first, second = (train(cfg, str(tmp_path / name)) for name in ("a", "b"))
+    for key in ("test/nll", "test/lx", "test/lz", "val/nll_best"):
+        assert first[key] == second[key], key
+    a, b = (torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for name in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
