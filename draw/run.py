@@ -58,8 +58,8 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> di
         monitor="val/nll",
         mode="min",
     )
-    # last.ckpt: at every epoch's end, and every checkpoint_every_n_steps steps when that is > 0.
-    last = ModelCheckpoint(dirpath=out / "checkpoints", save_top_k=0, save_last=True,
+    # last.ckpt, overwritten: at every epoch's end, and every checkpoint_every_n_steps steps when that is > 0.
+    last = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False,
                            every_n_train_steps=cfg.checkpoint_every_n_steps or None)
     resume_command = " ".join(["python train.py", *(o for o in overrides if not o.startswith("ckpt_path=")),
                                f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])

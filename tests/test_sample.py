@@ -84,3 +84,12 @@ def test_missing_checkpoint_is_one_line_and_exit_status_2(tmp_path):
     proc = run_script("sample.py", tmp_path, f"ckpt_path={tmp_path}/nope.ckpt", f"hydra.run.dir={tmp_path}/out", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: ckpt_path={tmp_path}/nope.ckpt does not exist: give the path of a .ckpt that train.py wrote"]
+
+
+def test_shipped_checkpoint_samples_without_any_path(tmp_path):
+    assert PRETRAINED.stat().st_size < 10 * 2**20
+    sample(sample_config("n=4"), str(tmp_path))
+    canvases = np.load(tmp_path / "canvases.npz")["canvases"]
+    assert canvases.shape == (10, 4, 28, 28)  # the shipped model draws in T=10 steps
+    # A trained model's last canvas is nearly binary ink on a dark page, unlike the untrained grey.
+    assert canvases[-1].mean() < 0.3 and (np.abs(canvases[-1] - 0.5) > 0.4).mean() > 0.7

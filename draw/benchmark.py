@@ -1,0 +1,101 @@
+"""Training and sampling speed, measured the same way by users and by us:
+
+    python -m draw.benchmark [train.py overrides ...]      # e.g. attention=none model.T=64 data.batch_size=100
+
+Times whole training steps (forward, backward, gradient clipping, Adam) on synthetic binary images after
+warm-up, and prior sampling of 64 images, and prints one JSON line per configuration. With no overrides
+it runs the paper's attention and no-attention models. Medians over repeated steps; speed is never a
+pass/fail test.
+"""
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from draw.config import validate_train_config
+from draw.errors import exit_on_user_error
+from draw.run import build_module
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+PAPER_CONFIGS = [["experiment=paper_mnist_attention"], ["experiment=paper_mnist_noattention"]]
+
+
+def device_of(cfg: DictConfig) -> str:
+    wants_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
+    return "cuda" if wants_gpu else "cpu"
+
+
+def median_seconds(fn, repeats: int, device: str) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, sample_n: int = 64) -> dict:
+    validate_train_config(cfg)
+    torch.manual_seed(cfg.seed)
+    device = device_of(cfg)
+    precision = str(cfg.trainer.precision)
+    module = build_module(cfg).to(device)
+    model, optimizer = module.model, module.configure_optimizers()
+    batch = cfg.data.batch_size
+    x = torch.bernoulli(torch.full((batch, cfg.model.height, cfg.model.width), 0.13, device=device))
+
+    def autocast():
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
+
+    def train_step():
+        with autocast():
+            loss = model(x).nll_bound.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val or float("inf"))
+        optimizer.step()
+
+    def sample():
+        with autocast(), torch.no_grad():
+            model.sample(sample_n)
+
+    median_seconds(train_step, warmup, device)
+    step_s = median_seconds(train_step, steps, device)
+    median_seconds(sample, 1, device)
+    sample_s = median_seconds(sample, max(3, steps), device)
+    return {
+        "config": " ".join(overrides),
+        "train_images_per_s": round(batch / step_s, 1),
+        "sample_images_per_s": round(sample_n / sample_s, 1),
+        "sample_64_s": round(sample_s * 64 / sample_n, 4),
+        "step_ms_median": round(step_s * 1e3, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "precision": precision,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+@exit_on_user_error
+def main(argv) -> None:
+    if not argv:  # each configuration in a process of its own, so that peak memory is its own
+        for overrides in PAPER_CONFIGS:
+            subprocess.run([sys.executable, "-m", "draw.benchmark", *overrides], check=True)
+        return
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(argv))
+    print(json.dumps(benchmark(cfg, argv)), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

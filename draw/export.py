@@ -1,0 +1,25 @@
+"""Shrink a training checkpoint to what sampling needs: python -m draw.export SRC.ckpt DST.ckpt
+
+Keeps the weights, the hyper-parameters and where training stood (epoch, step); drops the optimizer,
+loop and callback states, about two thirds of the file. The result still loads with
+DRAWModule.load_from_checkpoint and sample.py, but cannot resume training."""
+import sys
+
+import torch
+
+from draw.config import read_checkpoint
+
+KEPT = ("state_dict", "hyper_parameters", "hparams_name", "epoch", "global_step", "pytorch-lightning_version")
+
+
+def export(src, dst) -> dict:
+    checkpoint = read_checkpoint(src, key="SRC")
+    small = {key: checkpoint[key] for key in KEPT if key in checkpoint}
+    torch.save(small, dst)
+    return small
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python -m draw.export SRC.ckpt DST.ckpt")
+    export(*sys.argv[1:])

@@ -1,0 +1,31 @@
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+from draw.export import export
+from draw.sample import load_module
+
+FIELDS = {"config", "train_images_per_s", "sample_images_per_s", "sample_64_s", "step_ms_median", "peak_rss_mb",
+          "precision", "device", "torch", "threads"}
+
+
+def test_benchmark_prints_one_json_line_per_configuration():
+    overrides = ["model.T=2", "model.enc_size=16", "model.dec_size=16", "model.z_size=4", "data.batch_size=8"]
+    proc = subprocess.run([sys.executable, "-m", "draw.benchmark", *overrides], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    result = json.loads(line)
+    assert set(result) == FIELDS
+    assert result["config"] == " ".join(overrides) and result["precision"] == "32-true" and result["device"] == "cpu"
+    assert result["train_images_per_s"] > 0 and result["peak_rss_mb"] > 0
+
+
+def test_export_keeps_what_sampling_needs(trained_run, tmp_path):
+    _, run, _ = trained_run
+    src, dst = run / "checkpoints" / "last.ckpt", tmp_path / "small.ckpt"
+    export(src, dst)
+    assert dst.stat().st_size < src.stat().st_size
+    module = load_module(dst)
+    assert module.model.cfg.T == 3
