@@ -49,6 +49,8 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
     device = device_of(cfg)
     precision = str(cfg.trainer.precision)
     module = build_module(cfg).to(device)
+    if cfg.compile:
+        module.model.compile_step()
     model, optimizer = module.model, module.configure_optimizers()
     batch = cfg.data.batch_size
     x = torch.bernoulli(torch.full((batch, cfg.model.height, cfg.model.width), 0.13, device=device))
@@ -68,6 +70,7 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
         with autocast(), torch.no_grad():
             model.sample(sample_n)
 
+    first_step_s = median_seconds(train_step, 1, device)
     median_seconds(train_step, warmup, device)
     step_s = median_seconds(train_step, steps, device)
     median_seconds(sample, 1, device)
@@ -78,6 +81,7 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
         "sample_images_per_s": round(sample_n / sample_s, 1),
         "sample_64_s": round(sample_s * 64 / sample_n, 4),
         "step_ms_median": round(step_s * 1e3, 1),
+        "compile_s": round(first_step_s - step_s, 1) if cfg.compile else 0.0,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "precision": precision,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

@@ -61,6 +61,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     require_int("checkpoint_every_n_steps", cfg.checkpoint_every_n_steps, 0)
     require_int("max_nonfinite_steps", cfg.max_nonfinite_steps, 1)
     require_int("seed", cfg.seed, 0)
+    require(isinstance(cfg.compile, bool), "compile", cfg.compile, "true or false")
 
 
 def read_checkpoint(path, key: str = "ckpt_path") -> dict:

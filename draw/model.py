@@ -232,11 +232,34 @@ class DRAW(nn.Module):
             tuple(map(expand, self.dec0)),
         )
 
+    def step(self, x, state, enc_fixed, w_enc, w_dec, b_dec, noise):
+        """One step of Eqs. 1-8. state is (c, h_enc, c_enc, h_dec, c_dec) of step t-1; returns step t's,
+        and (mu, log_sigma, z, read window, write window). The noise comes from outside, so that this
+        function (the hot path, run T times a sequence) can be compiled and still draw torch's numbers."""
+        c, h_enc, c_enc, h_dec, c_dec = state
+        x_hat = x - torch.sigmoid(c)  # Eq. 3
+        r, read_window = self.read(x, x_hat, h_dec)  # Eq. 4
+        gates = enc_fixed + F.linear(torch.cat([r, h_dec, h_enc], dim=1), w_enc)  # (B, 4*enc_size)
+        h_enc, c_enc = lstm_step(gates, c_enc)  # Eq. 5
+        mu, log_sigma = self.q(h_enc).chunk(2, dim=1)  # Eqs. 1-2, (B, Z) each
+        z = mu + log_sigma.exp() * noise  # Eq. 6
+        h_dec, c_dec = lstm_step(F.linear(torch.cat([z, h_dec], dim=1), w_dec, b_dec), c_dec)  # Eq. 7
+        update, write_window = self.write(h_dec)
+        c = c + update  # Eq. 8
+        return (c, h_enc, c_enc, h_dec, c_dec), (mu, log_sigma, z, read_window, write_window)
+
+    def compile_step(self) -> None:
+        """Run the step through torch.compile from now on (the first steps then take a while)."""
+        self.step = torch.compile(self.step)
+
     def forward(self, x: torch.Tensor, record: bool = False, T: Optional[int] = None) -> DRAWOutput:
         """x (B, H, W) or (B, H*W) in [0, 1] -> the loss parts; with record, every step's canvas too.
         T steps (default: as configured)."""
         x = x.flatten(1)  # (B, H*W)
         c, (h_enc, c_enc), (h_dec, c_dec) = self.initial_state(x.shape[0])
+        state = (c, h_enc, c_enc, h_dec, c_dec)
+        # Eq. 5's input is [r_t, h_dec_{t-1}]; the part of r_t that is the same at every step (x itself,
+        # without attention) goes through the encoder's weights once here, the rest at each step.
         fixed = self.read.fixed_size
         w_enc, b_enc = merged_lstm_weights(self.encoder, skip=fixed)
         w_dec, b_dec = merged_lstm_weights(self.decoder)
@@ -244,22 +267,16 @@ class DRAW(nn.Module):
         out = DRAWOutput(lx=None, lz=None, kl_steps=None)
         kl_steps = []
         for _ in range(T or self.cfg.T):
-            x_hat = x - torch.sigmoid(c)  # Eq. 3
-            r, read_window = self.read(x, x_hat, h_dec)  # Eq. 4
-            gates = enc_fixed + F.linear(torch.cat([r, h_dec, h_enc], dim=1), w_enc)
-            h_enc, c_enc = lstm_step(gates, c_enc)  # Eq. 5
-            mu, log_sigma = self.q(h_enc).chunk(2, dim=1)  # Eqs. 1-2, (B, Z) each
-            z = mu + log_sigma.exp() * torch.randn_like(mu)  # Eq. 6: a fresh sample at every step
-            h_dec, c_dec = lstm_step(F.linear(torch.cat([z, h_dec], dim=1), w_dec, b_dec), c_dec)  # Eq. 7
-            update, write_window = self.write(h_dec)
-            c = c + update  # Eq. 8
+            noise = torch.randn(x.shape[0], self.cfg.z_size, device=x.device, dtype=x.dtype)  # fresh at every step
+            state, (mu, log_sigma, z, read_window, write_window) = self.step(x, state, enc_fixed, w_enc, w_dec, b_dec, noise)
             kl_steps.append(gaussian_kl(mu, log_sigma))
             if record:
-                out.canvases.append(c)
+                out.canvases.append(state[0])
                 out.latents.append(z)
                 out.posteriors.append((mu, log_sigma))
                 out.read_windows.append(read_window)
                 out.write_windows.append(write_window)
+        c = state[0]
         out.lx = F.binary_cross_entropy_with_logits(c, x, reduction="none").sum(1)  # Eq. 9, (B,)
         out.kl_steps = torch.stack(kl_steps, dim=1)  # (B, T)
         out.lz = out.kl_steps.sum(1)  # Eq. 10, (B,)

@@ -7,7 +7,7 @@ from typing import Sequence
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from draw.callbacks import DrawingImages, SaveOnInterrupt, TrainThroughput
@@ -64,22 +64,28 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> di
     resume_command = " ".join(["python train.py", *(o for o in overrides if not o.startswith("ckpt_path=")),
                                f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
     throughput = TrainThroughput()
+    callbacks = [best, last, throughput, DrawingImages(), SaveOnInterrupt(out / "checkpoints" / "last.ckpt", resume_command)]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(TQDMProgressBar())  # Lightning would pick Rich's where rich is installed: one bar everywhere
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         default_root_dir=str(out),
         logger=TensorBoardLogger(str(out), name="tensorboard", version=""),
-        callbacks=[best, last, throughput, DrawingImages(), SaveOnInterrupt(out / "checkpoints" / "last.ckpt", resume_command)],
+        callbacks=callbacks,
     )
     if cfg.train:
         module = build_module(cfg)
-        module.max_nonfinite_steps = cfg.max_nonfinite_steps
+    else:
+        module = DRAWModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    if cfg.compile:
+        module.model.compile_step()
+    module.max_nonfinite_steps = cfg.max_nonfinite_steps
+    evaluated = None  # None: test the weights as they are
+    if cfg.train:
         if trainer.is_global_zero:
             print(f"outputs: {out}\nif this run dies, resume it with: {resume_command}")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        evaluated = best.best_model_path or None  # None: the weights as they are (no validation ran)
-    else:
-        module = DRAWModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-        evaluated = None
+        evaluated = best.best_model_path or None  # no best when no validation ran
     module.iw_samples = cfg.eval.iw_samples
     results = trainer.test(module, datamodule=datamodule, ckpt_path=evaluated)
     metrics = {

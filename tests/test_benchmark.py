@@ -6,7 +6,7 @@ from conftest import ROOT
 from draw.export import export
 from draw.sample import load_module
 
-FIELDS = {"config", "train_images_per_s", "sample_images_per_s", "sample_64_s", "step_ms_median", "peak_rss_mb",
+FIELDS = {"config", "train_images_per_s", "sample_images_per_s", "sample_64_s", "step_ms_median", "compile_s", "peak_rss_mb",
           "precision", "device", "torch", "threads"}
 
 

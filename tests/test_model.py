@@ -230,3 +230,23 @@ def test_fast_path_gives_the_reference_loss_and_gradients(read_attention, write_
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-4)
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_step_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = DRAW(small_config(T=3))
+    x = (torch.rand(6, 28, 28) < 0.3).float()
+    results = []
+    for compiled in (False, True):
+        if compiled:
+            model.compile_step()
+        torch.manual_seed(1)
+        model.zero_grad()
+        loss = model(x).nll_bound.mean()
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-4)
+    for name in eager_grads:
+        torch.testing.assert_close(compiled_grads[name], eager_grads[name], rtol=1e-4, atol=1e-5, msg=name)
