@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 from torchvision.utils import save_image
 
 from draw import viz
+from draw.config import read_checkpoint, require_int
 from draw.data import MNISTDataModule
 from draw.errors import UserError
 from draw.module import DRAWModule
@@ -19,8 +20,7 @@ MODES = ("prior", "reconstruct")
 def load_module(ckpt_path, device: str = "cpu") -> DRAWModule:
     """A DRAWModule rebuilt from a checkpoint alone, in eval mode."""
     path = Path(ckpt_path) if ckpt_path else PRETRAINED
-    if not path.is_file():
-        raise UserError(f"ckpt_path={path} does not exist: give the path of a .ckpt that train.py wrote")
+    read_checkpoint(path)  # one line for a missing, truncated or foreign file
     module = DRAWModule.load_from_checkpoint(path, map_location=device, weights_only=True)
     return module.eval()
 
@@ -44,8 +44,12 @@ def sample(cfg: DictConfig, output_dir: str) -> Path:
     """Write samples.png, steps.png, samples.gif and canvases.npz into output_dir."""
     if cfg.mode not in MODES:
         raise UserError(f"mode={cfg.mode!r} is not a mode: use one of {', '.join(MODES)}")
-    if cfg.n < 1 or (cfg.T is not None and cfg.T < 1):
-        raise UserError(f"n={cfg.n} and T={cfg.T} must be at least 1")
+    require_int("n", cfg.n, 1)
+    if cfg.T is not None:
+        require_int("T", cfg.T, 1)
+    require_int("scale", cfg.scale, 1)
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={cfg.device!r}: no CUDA device is visible here; use device=cpu")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

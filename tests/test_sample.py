@@ -6,6 +6,7 @@ from PIL import Image
 
 from conftest import ROOT, run_script
 from draw import viz
+from draw.errors import UserError
 from draw.sample import PRETRAINED, sample
 
 
@@ -93,3 +94,21 @@ def test_shipped_checkpoint_samples_without_any_path(tmp_path):
     assert canvases.shape == (10, 4, 28, 28)  # the shipped model draws in T=10 steps
     # A trained model's last canvas is nearly binary ink on a dark page, unlike the untrained grey.
     assert canvases[-1].mean() < 0.3 and (np.abs(canvases[-1] - 0.5) > 0.4).mean() > 0.7
+
+
+@pytest.mark.parametrize("override,message", [
+    ("n=0", "n=0 is not allowed: an integer >= 1"),
+    ("mode=dream", "mode='dream' is not a mode: use one of prior, reconstruct"),
+    ("T=-2", "T=-2 is not allowed: an integer >= 1"),
+])
+def test_bad_sample_settings_are_one_line(override, message, tmp_path):
+    with pytest.raises(UserError, match=message):
+        sample(sample_config(override), str(tmp_path))
+
+
+def test_truncated_checkpoint_is_refused_by_sample(trained_run, tmp_path):
+    _, run, _ = trained_run
+    good = (run / "checkpoints" / "last.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(good[: len(good) // 3])
+    with pytest.raises(UserError, match="is not a readable checkpoint"):
+        sample(sample_config(f"ckpt_path={tmp_path}/cut.ckpt"), str(tmp_path / "out"))
