@@ -72,6 +72,14 @@ def test_resume_continues_from_the_checkpoint(trained_run, tiny_mnist, tmp_path)
     assert (metrics["epochs"], metrics["steps"]) == (3, 30)  # one more epoch of 10 steps, not three
 
 
+def test_ckpt_path_last_resumes_the_newest_run_under_outputs(trained_run, tiny_mnist, tmp_path):
+    cwd, _, _ = trained_run
+    resumed = tmp_path / "resumed"
+    proc = run_script("train.py", cwd, f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=3", "ckpt_path=last",
+                      f"hydra.run.dir={resumed}")
+    assert json.loads((resumed / "metrics.json").read_text())["steps"] == 30, proc.stdout[-2000:]
+
+
 def test_metrics_json_sums_the_run_up(trained_run):
     _, run, stdout = trained_run
     metrics = json.loads((run / "metrics.json").read_text())
