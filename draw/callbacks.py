@@ -1,4 +1,4 @@
-"""TensorBoard pictures of the model learning to draw, written at the end of each validation epoch."""
+"""Lightning callbacks: TensorBoard pictures of the model learning to draw, training throughput, Ctrl-C."""
 import time
 
 import pytorch_lightning as pl

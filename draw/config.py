@@ -2,6 +2,7 @@
 line naming the key, the value and what is allowed."""
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 from hydra.experimental.callback import Callback
@@ -12,6 +13,8 @@ from draw.errors import UserError, exit_with
 
 MNIST_SIZE = 28
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -25,7 +28,7 @@ def require(ok: bool, key: str, value, allowed: str) -> None:
         raise UserError(f"{key}={value!r} is not allowed: {allowed}")
 
 
-def require_int(key: str, value, low: int, high: int = None) -> None:
+def require_int(key: str, value, low: int, high: Optional[int] = None) -> None:
     ok = _is_int(value) and value >= low and (high is None or value <= high)
     require(ok, key, value, f"an integer >= {low}" + (f" and <= {high}" if high is not None else ""))
 

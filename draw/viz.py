@@ -32,7 +32,6 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 def steps_picture(canvases: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
     """canvases (T, n, H, W) -> one row per image, one column per step; `extra` (n, H, W) is a last column
     (the originals, say)."""
-    T, n = canvases.shape[:2]
     columns = canvases.transpose(0, 1)  # (n, T, H, W)
     if extra is not None:
         columns = torch.cat([columns, extra.unsqueeze(1)], dim=1)

@@ -132,7 +132,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_mnist, tmp_path):
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
-    assert f"resume with: python train.py" in output and f"ckpt_path={run}/checkpoints/last.ckpt" in output
+    assert "resume with: python train.py" in output and f"ckpt_path={run}/checkpoints/last.ckpt" in output
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] > 0
 
 
