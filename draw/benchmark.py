@@ -13,17 +13,13 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from draw.config import validate_train_config
 from draw.errors import exit_on_user_error
-from draw.run import build_module
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from draw.run import build_module, compose_config
 PAPER_CONFIGS = [["experiment=paper_mnist_attention"], ["experiment=paper_mnist_noattention"]]
 
 
@@ -96,9 +92,7 @@ def main(argv) -> None:
         for overrides in PAPER_CONFIGS:
             subprocess.run([sys.executable, "-m", "draw.benchmark", *overrides], check=True)
         return
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(argv))
-    print(json.dumps(benchmark(cfg, argv)), flush=True)
+    print(json.dumps(benchmark(compose_config(argv), argv)), flush=True)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,10 @@ class DrawingImages(pl.Callback):
             torch.manual_seed(self.seed)
             canvases, _ = model.sample(self.n)  # (T, n, H, W)
             out = model(x, record=True)
-        cols = viz.grid_columns(self.n)
-        writer.add_image("samples", viz.grid(canvases[-1], cols), step)
+        writer.add_image("samples", viz.grid_of(canvases[-1]), step)
         writer.add_image("samples_over_steps", viz.steps_picture(canvases[:, : self.steps_shown]), step)
         reconstructions = torch.sigmoid(out.canvases[-1]).view(-1, H, W)
-        pairs = torch.stack([x.view(-1, H, W), reconstructions], 1).flatten(0, 1)
-        writer.add_image("reconstructions", viz.grid(pairs, 2 * cols), step)
+        writer.add_image("reconstructions", viz.grid_of(reconstructions, x.view(-1, H, W)), step)
         kl = out.kl_steps.mean(0).double().cpu()  # (T,) nats per step
         steps = torch.arange(1, len(kl) + 1, dtype=torch.float64)
         writer.add_histogram_raw(

@@ -8,7 +8,7 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from draw.data import BINARIZATIONS
+from draw.data import check_binarization
 from draw.errors import UserError, exit_with
 
 MNIST_SIZE = 28
@@ -33,10 +33,15 @@ def require_int(key: str, value, low: int, high: Optional[int] = None) -> None:
     require(ok, key, value, f"an integer >= {low}" + (f" and <= {high}" if high is not None else ""))
 
 
+def check_cuda(key: str, value: str) -> None:
+    """A GPU asked for (gpu, cuda, cuda:N) must be there."""
+    if str(value).startswith(("gpu", "cuda")) and not torch.cuda.is_available():
+        raise UserError(f"{key}={value!r}: no CUDA device is visible here; use {key}=cpu")
+
+
 def check_accelerator(key: str, value: str) -> None:
     require(value in ACCELERATORS, key, value, f"one of {', '.join(ACCELERATORS)}")
-    if value in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError(f"{key}={value!r}: no CUDA device is visible here; use {key}=cpu (or auto)")
+    check_cuda(key, value)
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -50,8 +55,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     require_int("data.batch_size", d.batch_size, 1)
     require_int("data.val_size", d.val_size, 1)
     require_int("data.num_workers", d.num_workers, 0)
-    for key in ("binarization", "eval_binarization"):
-        require(d[key] in BINARIZATIONS, f"data.{key}", d[key], f"one of {', '.join(BINARIZATIONS)}")
+    for key in ("binarization", "eval_binarization"):  # here too: Hydra's instantiate would wrap the DataModule's error
+        check_binarization(d[key], f"data.{key}")
     require(_is_number(o.lr) and 0 < o.lr < 1, "optim.lr", o.lr, "a number > 0 and < 1")
     betas = list(o.betas) if not isinstance(o.betas, (str, int, float)) else o.betas
     require(

@@ -52,16 +52,23 @@ class DRAWModule(pl.LightningModule):
             return None  # Lightning then skips backward, and the optimizer finds no gradients
         return loss
 
-    def on_before_optimizer_step(self, optimizer):
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:  # a skipped loss
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clipping measures the gradient's norm anyway: a non-finite norm is a non-finite gradient, and that
+        step is skipped. Lightning calls this on every step, with or without a clip value."""
+        params = [p for p in self.parameters() if p.grad is not None]
+        if not params:  # the loss was not finite and training_step skipped backward
             return
-        if torch.stack(torch._foreach_norm(grads)).isfinite().all():
-            self._nonfinite_in_a_row = 0
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if not torch.isfinite(norm):
+            for p in params:
+                p.grad = None  # Adam leaves parameters without gradients (and their moments) alone
+            self._skip("gradient")
             return
-        for p in self.parameters():
-            p.grad = None  # Adam leaves parameters without gradients (and their moments) alone
-        self._skip("gradient")
+        self._nonfinite_in_a_row = 0
+        if gradient_clip_val and gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        elif gradient_clip_val:
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
     def _skip(self, what: str):
         self.skipped_steps += 1

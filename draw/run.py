@@ -6,6 +6,7 @@ from typing import Sequence
 
 import hydra
 import pytorch_lightning as pl
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -14,6 +15,15 @@ from draw.callbacks import DrawingImages, SaveOnInterrupt, TrainThroughput
 from draw.config import check_same_model, read_checkpoint, validate_train_config
 from draw.errors import UserError
 from draw.module import DRAWModule
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "config", **kwargs) -> DictConfig:
+    """The config train.py (or, with config_name="sample", sample.py) would run, without running it."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides), **kwargs)
 
 
 def model_hparams(cfg: DictConfig) -> dict:

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from torchvision.utils import save_image
 
 from draw import viz
-from draw.config import read_checkpoint, require_int
+from draw.config import check_cuda, read_checkpoint, require_int
 from draw.data import MNISTDataModule
 from draw.errors import UserError
 from draw.module import DRAWModule
@@ -48,8 +48,7 @@ def sample(cfg: DictConfig, output_dir: str) -> Path:
     if cfg.T is not None:
         require_int("T", cfg.T, 1)
     require_int("scale", cfg.scale, 1)
-    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={cfg.device!r}: no CUDA device is visible here; use device=cpu")
+    check_cuda("device", cfg.device)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -69,9 +68,7 @@ def sample(cfg: DictConfig, output_dir: str) -> Path:
     canvases, n = canvases.cpu(), canvases.shape[1]
     originals = None if originals is None else originals.cpu()
 
-    final = canvases[-1] if originals is None else torch.stack([originals, canvases[-1]], 1).flatten(0, 1)
-    nrow = viz.grid_columns(n) * (1 if originals is None else 2)
-    save_image(viz.grid(final, nrow), out / "samples.png")
+    save_image(viz.grid_of(canvases[-1], originals), out / "samples.png")
     save_image(viz.steps_picture(canvases, extra=originals), out / "steps.png")
     frames = viz.frames(
         canvases,

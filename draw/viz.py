@@ -24,6 +24,20 @@ def grid_columns(n: int) -> int:
     return max(1, int(np.ceil(np.sqrt(n))))
 
 
+def layout(images: torch.Tensor, originals: Optional[torch.Tensor] = None):
+    """(n, H, W) images -> the cells of their grid and its row length: as square as n allows, each
+    original (n, H, W), if given, left of its image."""
+    nrow = grid_columns(len(images))
+    if originals is None:
+        return images, nrow
+    return torch.stack([originals, images], 1).flatten(0, 1), 2 * nrow
+
+
+def grid_of(images: torch.Tensor, originals: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The grid image of `layout`."""
+    return grid(*layout(images, originals))
+
+
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) in [0, 1] -> an RGB PIL image."""
     return Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
@@ -64,10 +78,9 @@ def frames(
     canvas (the originals of a reconstruction)."""
     T, n, H, W = canvases.shape
     per_image = 1 if extra is None else 2
-    nrow = grid_columns(n) * per_image
     result = []
     for t in range(T):
-        cells = canvases[t] if extra is None else torch.stack([extra, canvases[t]], 1).flatten(0, 1)
+        cells, nrow = layout(canvases[t], extra)
         image = to_pil(grid(cells, nrow))
         if scale > 1:
             image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from draw.run import compose_config as _compose
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -77,3 +79,21 @@ def trained_run(tiny_mnist, tmp_path_factory):
     proc = run_script("train.py", cwd, f"data.data_dir={tiny_mnist}", *TINY_RUN)
     (run,) = (cwd / "outputs").glob("*/*")
     return cwd, run, proc.stdout
+
+
+def compose_config(*overrides):
+    """train.py's config with these overrides."""
+    return _compose(overrides)
+
+
+def sample_config(*overrides):
+    """sample.py's config with these overrides."""
+    return _compose(overrides, config_name="sample")
+
+
+def tiny_module():
+    """A DRAWModule small enough to fit in a second, built as a checkpoint would rebuild it."""
+    from draw.model import DRAWConfig
+    from draw.module import DRAWModule
+
+    return DRAWModule(model=vars(DRAWConfig(T=2, z_size=4, enc_size=8, dec_size=8)), optim={"lr": 1e-3, "betas": [0.9, 0.999]})

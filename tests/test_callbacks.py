@@ -2,10 +2,9 @@ import pytest
 from pytorch_lightning import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import tiny_module
 from draw.callbacks import DrawingImages
 from draw.data import MNISTDataModule
-from draw.model import DRAWConfig
-from draw.module import DRAWModule
 
 
 def test_training_writes_the_drawing_images_to_tensorboard(trained_run):
@@ -22,7 +21,7 @@ def test_training_writes_the_drawing_images_to_tensorboard(trained_run):
 
 
 def test_callback_does_nothing_without_tensorboard(tiny_mnist, tmp_path):
-    module = DRAWModule(model=vars(DRAWConfig(T=2, z_size=4, enc_size=8, dec_size=8)), optim={"lr": 1e-3, "betas": [0.9, 0.999]})
+    module = tiny_module()
     trainer = Trainer(
         max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[DrawingImages()], default_root_dir=tmp_path,

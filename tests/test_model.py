@@ -12,6 +12,19 @@ def small_config(read_attention=True, write_attention=True, **kw) -> DRAWConfig:
     return DRAWConfig(read_attention=read_attention, write_attention=write_attention, **{**sizes, **kw})
 
 
+def fit(model: DRAW, x: torch.Tensor, steps: int, lr: float = 1e-2) -> list:
+    """Adam on the negative ELBO of one fixed batch; the loss of every step."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(x).nll_bound.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def window_params(gx=0.0, gy=0.0, log_var=0.0, log_delta=0.0, log_gamma=0.0, batch=1):
     return torch.tensor([[gx, gy, log_var, log_delta, log_gamma]]).expand(batch, -1)
 
@@ -115,14 +128,7 @@ def test_loss_falls_on_a_fixed_batch(read_attention, write_attention):
     torch.manual_seed(0)
     model = DRAW(small_config(read_attention, write_attention))
     x = (torch.rand(16, 28, 28) < 0.3).float()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        loss = model(x).nll_bound.mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit(model, x, steps=40)
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
 
 
@@ -140,12 +146,7 @@ def test_reconstruction_is_closer_to_its_image_than_to_another_once_trained():
     torch.manual_seed(0)
     images = torch.from_numpy(fake_digits(64, seed=3)).float().div(255).round()
     model = DRAW(small_config(read_attention=False, write_attention=False, T=4))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        loss = model(images).nll_bound.mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit(model, images, steps=100)
     with torch.no_grad():
         reconstructions = torch.sigmoid(model(images, record=True).canvases[-1])
     flat = images.flatten(1)
@@ -160,12 +161,7 @@ def test_importance_weighted_bound_is_below_the_elbo_and_tightens_with_k():
     torch.manual_seed(0)
     model = DRAW(small_config(read_attention=False, write_attention=False, T=3))
     x = (torch.rand(200, 28, 28) < 0.2).float()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(30):  # a little training, so that q(z|x) is not the prior
-        loss = model(x[:50]).nll_bound.mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit(model, x[:50], steps=30)  # a little training, so that q(z|x) is not the prior
     with torch.no_grad():
         out = model(x, record=True)
         elbo = out.nll_bound.mean()

@@ -7,21 +7,15 @@ import time
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from pytorch_lightning import Callback, Trainer
 
-from conftest import ROOT, TINY_RUN, run_script
+from conftest import ROOT, TINY_RUN, compose_config, run_script, tiny_module
 from draw.config import read_checkpoint
 from draw.data import MNISTDataModule
 from draw.errors import UserError
-from draw.model import DRAWConfig
-from draw.module import DRAWModule, NonFiniteTraining
+from draw.module import NonFiniteTraining
 from draw.run import train
 
-
-def compose_config(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def assert_one_line_error(proc, *fragments):
@@ -152,7 +146,7 @@ class Poison(Callback):
 
 
 def fit_tiny(tiny_mnist, tmp_path, poison, max_nonfinite_steps=10):
-    module = DRAWModule(model=vars(DRAWConfig(T=2, z_size=4, enc_size=8, dec_size=8)), optim={"lr": 1e-3, "betas": [0.9, 0.999]})
+    module = tiny_module()
     module.max_nonfinite_steps = max_nonfinite_steps
     trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, callbacks=[poison], default_root_dir=tmp_path)

@@ -1,18 +1,13 @@
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import ROOT, run_script
+from conftest import run_script, sample_config
 from draw import viz
 from draw.errors import UserError
 from draw.sample import PRETRAINED, sample
 
-
-def sample_config(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="sample", overrides=list(overrides))
 
 
 def gif_frames(path):

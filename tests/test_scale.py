@@ -3,10 +3,10 @@ import csv
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, TINY_RUN, run_script
+from conftest import TINY_RUN, run_script
+from draw.run import compose_config
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +45,7 @@ def test_optuna_search_minimises_validation_nll(tiny_mnist, tmp_path):
 
 
 def test_slurm_launcher_config_composes():
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    cfg = compose_config(["hydra/launcher=slurm"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (1, 1, 1)

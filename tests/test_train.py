@@ -3,10 +3,9 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from conftest import ROOT, TINY_RUN, run_script
+from conftest import ROOT, TINY_RUN, compose_config, run_script
 from draw.module import DRAWModule
 from draw.report import write_summary
 from draw.run import build_module
@@ -14,10 +13,6 @@ from draw.run import build_module
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 ATTENTIONS = sorted(p.stem for p in (ROOT / "conf" / "attention").glob("*.yaml"))
 
-
-def compose_config(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 @pytest.mark.parametrize("overrides", [[f"attention={a}"] for a in ATTENTIONS] + [[f"experiment={e}"] for e in EXPERIMENTS])
