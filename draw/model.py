@@ -196,6 +196,17 @@ class DRAWOutput:
 # The model
 
 
+class StepOutput(NamedTuple):
+    kl: torch.Tensor  # (B,) this step's term of Eq. 10
+    mu: torch.Tensor  # (B, Z)
+    log_sigma: torch.Tensor  # (B, Z)
+    z: torch.Tensor  # (B, Z)
+    read_window: Optional[AttentionWindow]
+    write_window: Optional[AttentionWindow]
+    enc_input: torch.Tensor  # the encoder's input at this step (for StepwiseLinear)
+    dec_input: torch.Tensor  # the decoder's
+
+
 def lstm_step(gates: torch.Tensor, c: torch.Tensor):
     """One LSTM step from its summed gate pre-activations (B, 4H), in nn.LSTMCell's order i, f, g, o."""
     i, f, g, o = gates.chunk(4, dim=1)
@@ -258,9 +269,8 @@ class DRAW(nn.Module):
         )
 
     def step(self, x, state, w_enc, w_dec, enc_offset, dec_offset, noise):
-        """One step of Eqs. 1-8. state is (c, h_enc, c_enc, h_dec, c_dec) of step t-1; returns step t's,
-        (mu, log_sigma, z, read window, write window), and the two LSTMs' inputs (for StepwiseLinear).
-        The LSTMs' merged weights come detached and their biases (and, without attention, the projection
+        """One step of Eqs. 1-8. state is (c, h_enc, c_enc, h_dec, c_dec) of step t-1; returns step t's and
+        a StepOutput. The LSTMs' merged weights come detached and their biases (and, without attention, the projection
         of x) as this step's `offset`s from StepwiseLinear. The noise comes from outside, so that this
         function (the hot path, run T times a sequence) can be compiled and still draw torch's numbers."""
         c, h_enc, c_enc, h_dec, c_dec = state
@@ -274,7 +284,8 @@ class DRAW(nn.Module):
         h_dec, c_dec = lstm_step(F.linear(dec_input, w_dec) + dec_offset, c_dec)  # Eq. 7
         update, write_window = self.write(h_dec)
         c = c + update  # Eq. 8
-        return (c, h_enc, c_enc, h_dec, c_dec), (mu, log_sigma, z, read_window, write_window), (enc_input, dec_input)
+        kl = gaussian_kl(mu, log_sigma)
+        return (c, h_enc, c_enc, h_dec, c_dec), StepOutput(kl, mu, log_sigma, z, read_window, write_window, enc_input, dec_input)
 
     def compile_step(self) -> None:
         """Run the step through torch.compile from now on (the first steps then take a while)."""
@@ -302,19 +313,17 @@ class DRAW(nn.Module):
         kl_steps = []
         for t in range(T):
             noise = torch.randn(batch, self.cfg.z_size, device=x.device, dtype=x.dtype)  # fresh at every step
-            state, (mu, log_sigma, z, read_window, write_window), (enc_input, dec_input) = self.step(
-                x, state, w_enc, w_dec, enc_offsets[t], dec_offsets[t], noise
-            )
+            state, step = self.step(x, state, w_enc, w_dec, enc_offsets[t], dec_offsets[t], noise)
             if keep_inputs:  # detached: a list that autograd's graph holds must not hold the graph
-                enc_inputs.append(enc_input.detach())
-                dec_inputs.append(dec_input.detach())
-            kl_steps.append(gaussian_kl(mu, log_sigma))
+                enc_inputs.append(step.enc_input.detach())
+                dec_inputs.append(step.dec_input.detach())
+            kl_steps.append(step.kl)
             if record:
                 out.canvases.append(state[0])
-                out.latents.append(z)
-                out.posteriors.append((mu, log_sigma))
-                out.read_windows.append(read_window)
-                out.write_windows.append(write_window)
+                out.latents.append(step.z)
+                out.posteriors.append((step.mu, step.log_sigma))
+                out.read_windows.append(step.read_window)
+                out.write_windows.append(step.write_window)
         c = state[0]
         out.lx = F.binary_cross_entropy_with_logits(c, x, reduction="none").sum(1)  # Eq. 9, (B,)
         out.kl_steps = torch.stack(kl_steps, dim=1)  # (B, T)
