@@ -70,6 +70,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     require_int("max_nonfinite_steps", cfg.max_nonfinite_steps, 1)
     require_int("seed", cfg.seed, 0)
     require(isinstance(cfg.compile, bool), "compile", cfg.compile, "true or false")
+    require_int("compile_steps_per_call", cfg.compile_steps_per_call, 1)
 
 
 def read_checkpoint(path, key: str = "ckpt_path") -> dict:

@@ -197,6 +197,7 @@ class DRAWOutput:
 
 
 class StepOutput(NamedTuple):
+    canvas: torch.Tensor  # (B, H*W) c_t
     kl: torch.Tensor  # (B,) this step's term of Eq. 10
     mu: torch.Tensor  # (B, Z)
     log_sigma: torch.Tensor  # (B, Z)
@@ -259,6 +260,7 @@ class DRAW(nn.Module):
         self.canvas0 = nn.Parameter(torch.zeros(pixels))
         self.enc0 = nn.Parameter(torch.zeros(2, cfg.enc_size))  # (h, c)
         self.dec0 = nn.Parameter(torch.zeros(2, cfg.dec_size))  # (h, c)
+        self.steps_per_call = 1  # see compile_step
 
     def initial_state(self, batch_size: int):
         expand = lambda p: p.expand(batch_size, -1)  # noqa: E731
@@ -285,11 +287,23 @@ class DRAW(nn.Module):
         update, write_window = self.write(h_dec)
         c = c + update  # Eq. 8
         kl = gaussian_kl(mu, log_sigma)
-        return (c, h_enc, c_enc, h_dec, c_dec), StepOutput(kl, mu, log_sigma, z, read_window, write_window, enc_input, dec_input)
+        return (c, h_enc, c_enc, h_dec, c_dec), StepOutput(c, kl, mu, log_sigma, z, read_window, write_window, enc_input, dec_input)
 
-    def compile_step(self) -> None:
-        """Run the step through torch.compile from now on (the first steps then take a while)."""
-        self.step = torch.compile(self.step)
+    def steps(self, x, state, w_enc, w_dec, enc_offsets, dec_offsets, noises):
+        """One step per noise from `state`: the last state and each step's StepOutput. What torch.compile
+        compiles: `steps_per_call` steps unrolled into one graph."""
+        outputs = []
+        for enc_offset, dec_offset, noise in zip(enc_offsets, dec_offsets, noises):
+            state, output = self.step(x, state, w_enc, w_dec, enc_offset, dec_offset, noise)
+            outputs.append(output)
+        return state, outputs
+
+    def compile_step(self, steps_per_call: int = 1) -> None:
+        """Run the steps through torch.compile from now on, `steps_per_call` of them unrolled in each compiled
+        call: each call into compiled code costs guards and autograd wrappers, so more steps per call run
+        faster, at longer compilation (the first steps then take a while)."""
+        self.steps_per_call = steps_per_call
+        self.steps = torch.compile(self.steps)
 
     def forward(self, x: torch.Tensor, record: bool = False, T: Optional[int] = None) -> DRAWOutput:
         """x (B, H, W) or (B, H*W) in [0, 1] -> the loss parts; with record, every step's canvas too.
@@ -311,19 +325,21 @@ class DRAW(nn.Module):
         keep_inputs = torch.is_grad_enabled()
         out = DRAWOutput(lx=None, lz=None, kl_steps=None)
         kl_steps = []
-        for t in range(T):
-            noise = torch.randn(batch, self.cfg.z_size, device=x.device, dtype=x.dtype)  # fresh at every step
-            state, step = self.step(x, state, w_enc, w_dec, enc_offsets[t], dec_offsets[t], noise)
-            if keep_inputs:  # detached: a list that autograd's graph holds must not hold the graph
-                enc_inputs.append(step.enc_input.detach())
-                dec_inputs.append(step.dec_input.detach())
-            kl_steps.append(step.kl)
-            if record:
-                out.canvases.append(state[0])
-                out.latents.append(step.z)
-                out.posteriors.append((step.mu, step.log_sigma))
-                out.read_windows.append(step.read_window)
-                out.write_windows.append(step.write_window)
+        for t in range(0, T, self.steps_per_call):
+            call = slice(t, min(t + self.steps_per_call, T))
+            noises = [torch.randn(batch, self.cfg.z_size, device=x.device, dtype=x.dtype) for _ in range(call.stop - t)]  # fresh each step
+            state, outputs = self.steps(x, state, w_enc, w_dec, enc_offsets[call], dec_offsets[call], noises)
+            for step in outputs:
+                if keep_inputs:  # detached: a list that autograd's graph holds must not hold the graph
+                    enc_inputs.append(step.enc_input.detach())
+                    dec_inputs.append(step.dec_input.detach())
+                kl_steps.append(step.kl)
+                if record:
+                    out.canvases.append(step.canvas)
+                    out.latents.append(step.z)
+                    out.posteriors.append((step.mu, step.log_sigma))
+                    out.read_windows.append(step.read_window)
+                    out.write_windows.append(step.write_window)
         c = state[0]
         out.lx = F.binary_cross_entropy_with_logits(c, x, reduction="none").sum(1)  # Eq. 9, (B,)
         out.kl_steps = torch.stack(kl_steps, dim=1)  # (B, T)

@@ -229,14 +229,15 @@ def test_fast_path_gives_the_reference_loss_and_gradients(read_attention, write_
 
 
 @pytest.mark.slow
-def test_compiled_step_gives_the_same_loss_and_gradients():
+@pytest.mark.parametrize("read_attention,write_attention", [(True, True), (False, False)])
+def test_compiled_steps_give_the_same_loss_and_gradients(read_attention, write_attention):
     torch.manual_seed(0)
-    model = DRAW(small_config(T=3))
+    model = DRAW(small_config(read_attention, write_attention, T=5))
     x = (torch.rand(6, 28, 28) < 0.3).float()
     results = []
     for compiled in (False, True):
         if compiled:
-            model.compile_step()
+            model.compile_step(steps_per_call=2)  # calls of 2, 2 and 1 steps
         torch.manual_seed(1)
         model.zero_grad()
         loss = model(x).nll_bound.mean()
