@@ -196,16 +196,22 @@ class DRAWOutput:
 # The model
 
 
-class StepOutput(NamedTuple):
+class StepRecording(NamedTuple):
+    """What a step shows of itself (for pictures and the importance-weighted bound)."""
+
     canvas: torch.Tensor  # (B, H*W) c_t
-    kl: torch.Tensor  # (B,) this step's term of Eq. 10
+    z: torch.Tensor  # (B, Z)
     mu: torch.Tensor  # (B, Z)
     log_sigma: torch.Tensor  # (B, Z)
-    z: torch.Tensor  # (B, Z)
     read_window: Optional[AttentionWindow]
     write_window: Optional[AttentionWindow]
-    enc_input: torch.Tensor  # the encoder's input at this step (for StepwiseLinear)
+
+
+class StepOutput(NamedTuple):
+    kl: torch.Tensor  # (B,) this step's term of Eq. 10
+    enc_input: torch.Tensor  # the encoder's input at this step, detached (for StepwiseLinear)
     dec_input: torch.Tensor  # the decoder's
+    recording: Optional[StepRecording]
 
 
 def lstm_step(gates: torch.Tensor, c: torch.Tensor):
@@ -227,10 +233,10 @@ class StepwiseLinear(torch.autograd.Function):
 
     apply(weight, offset, T, inputs) returns T views of offset (B, out), one for each step to add to its
     `F.linear(inputs_t, weight.detach())`; the caller appends each step's inputs_t (B, in) to the list
-    `inputs`. Autograd then computes only input gradients at each step, each step's output gradient
-    arrives here, and the weight's gradient is one (out, T*B) @ (T*B, in) matmul instead of T matmuls of
-    (out, B) @ (B, in), which at batch 100 run at about half this CPU's matmul rate. offset's gradient is
-    the sum over steps."""
+    `inputs`, detached (autograd's graph holds the list, which must not hold the graph). Autograd then
+    computes only input gradients at each step, each step's output gradient arrives here, and the
+    weight's gradient is one (out, T*B) @ (T*B, in) matmul instead of T matmuls of (out, B) @ (B, in),
+    which at batch 100 run at about half this CPU's matmul rate. offset's gradient is the sum over steps."""
 
     @staticmethod
     def forward(ctx, weight, offset, T: int, inputs: list):
@@ -272,8 +278,8 @@ class DRAW(nn.Module):
 
     def step(self, x, state, w_enc, w_dec, enc_offset, dec_offset, noise):
         """One step of Eqs. 1-8. state is (c, h_enc, c_enc, h_dec, c_dec) of step t-1; returns step t's and
-        a StepOutput. The LSTMs' merged weights come detached and their biases (and, without attention, the projection
-        of x) as this step's `offset`s from StepwiseLinear. The noise comes from outside, so that this
+        a StepOutput. The LSTMs' merged weights come detached, and their biases (and, without attention,
+        the projection of x) as this step's `offset`s from StepwiseLinear. The noise comes from outside, so that this
         function (the hot path, run T times a sequence) can be compiled and still draw torch's numbers."""
         c, h_enc, c_enc, h_dec, c_dec = state
         x_hat = x - torch.sigmoid(c)  # Eq. 3
@@ -287,15 +293,17 @@ class DRAW(nn.Module):
         update, write_window = self.write(h_dec)
         c = c + update  # Eq. 8
         kl = gaussian_kl(mu, log_sigma)
-        return (c, h_enc, c_enc, h_dec, c_dec), StepOutput(c, kl, mu, log_sigma, z, read_window, write_window, enc_input, dec_input)
+        recording = StepRecording(c, z, mu, log_sigma, read_window, write_window)
+        return (c, h_enc, c_enc, h_dec, c_dec), StepOutput(kl, enc_input.detach(), dec_input.detach(), recording)
 
-    def steps(self, x, state, w_enc, w_dec, enc_offsets, dec_offsets, noises):
-        """One step per noise from `state`: the last state and each step's StepOutput. What torch.compile
-        compiles: `steps_per_call` steps unrolled into one graph."""
+    def steps(self, x, state, w_enc, w_dec, enc_offsets, dec_offsets, noises, record: bool):
+        """One step per noise from `state`: the last state and each step's StepOutput, with its recording
+        only if `record` (a compiled backward takes a zero gradient for each output that gets none).
+        What torch.compile compiles: `steps_per_call` steps unrolled into one graph."""
         outputs = []
         for enc_offset, dec_offset, noise in zip(enc_offsets, dec_offsets, noises):
             state, output = self.step(x, state, w_enc, w_dec, enc_offset, dec_offset, noise)
-            outputs.append(output)
+            outputs.append(output if record else output._replace(recording=None))
         return state, outputs
 
     def compile_step(self, steps_per_call: int = 1) -> None:
@@ -328,18 +336,18 @@ class DRAW(nn.Module):
         for t in range(0, T, self.steps_per_call):
             call = slice(t, min(t + self.steps_per_call, T))
             noises = [torch.randn(batch, self.cfg.z_size, device=x.device, dtype=x.dtype) for _ in range(call.stop - t)]  # fresh each step
-            state, outputs = self.steps(x, state, w_enc, w_dec, enc_offsets[call], dec_offsets[call], noises)
+            state, outputs = self.steps(x, state, w_enc, w_dec, enc_offsets[call], dec_offsets[call], noises, record)
             for step in outputs:
-                if keep_inputs:  # detached: a list that autograd's graph holds must not hold the graph
-                    enc_inputs.append(step.enc_input.detach())
-                    dec_inputs.append(step.dec_input.detach())
+                if keep_inputs:
+                    enc_inputs.append(step.enc_input)
+                    dec_inputs.append(step.dec_input)
                 kl_steps.append(step.kl)
                 if record:
-                    out.canvases.append(step.canvas)
-                    out.latents.append(step.z)
-                    out.posteriors.append((step.mu, step.log_sigma))
-                    out.read_windows.append(step.read_window)
-                    out.write_windows.append(step.write_window)
+                    out.canvases.append(step.recording.canvas)
+                    out.latents.append(step.recording.z)
+                    out.posteriors.append((step.recording.mu, step.recording.log_sigma))
+                    out.read_windows.append(step.recording.read_window)
+                    out.write_windows.append(step.recording.write_window)
         c = state[0]
         out.lx = F.binary_cross_entropy_with_logits(c, x, reduction="none").sum(1)  # Eq. 9, (B,)
         out.kl_steps = torch.stack(kl_steps, dim=1)  # (B, T)
