@@ -279,8 +279,9 @@ class DRAW(nn.Module):
     def step(self, x, state, w_enc, w_dec, enc_offset, dec_offset, noise):
         """One step of Eqs. 1-8. state is (c, h_enc, c_enc, h_dec, c_dec) of step t-1; returns step t's and
         a StepOutput. The LSTMs' merged weights come detached, and their biases (and, without attention,
-        the projection of x) as this step's `offset`s from StepwiseLinear. The noise comes from outside, so that this
-        function (the hot path, run T times a sequence) can be compiled and still draw torch's numbers."""
+        the projection of x) as this step's `offset`s from StepwiseLinear. The noise comes from outside, so
+        that this function (the hot path, run T times a sequence) can be compiled and still draw torch's
+        numbers."""
         c, h_enc, c_enc, h_dec, c_dec = state
         x_hat = x - torch.sigmoid(c)  # Eq. 3
         r, read_window = self.read(x, x_hat, h_dec)  # Eq. 4
