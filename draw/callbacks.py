@@ -51,10 +51,11 @@ class DrawingImages(pl.Callback):
 
 class TrainThroughput(pl.Callback):
     """Training images per second over the training batches (data loading, logging and the progress bar
-    included; validation left out)."""
+    included; validation left out, and the run's first batch, which holds torch.compile's compilation)."""
 
     def __init__(self):
         self.images, self.seconds, self._last = 0, 0.0, None
+        self._first_batch_done = False
 
     @property
     def images_per_s(self) -> float:
@@ -65,10 +66,10 @@ class TrainThroughput(pl.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         now = time.perf_counter()
-        if self._last is not None:
+        if self._last is not None and self._first_batch_done:
             self.seconds += now - self._last
             self.images += len(batch) * trainer.world_size
-        self._last = now
+        self._last, self._first_batch_done = now, True
 
     def on_validation_start(self, trainer, module):
         self._last = None

@@ -1,9 +1,12 @@
+import time
+from types import SimpleNamespace
+
 import pytest
 from pytorch_lightning import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import tiny_module
-from draw.callbacks import DrawingImages
+from draw.callbacks import DrawingImages, TrainThroughput
 from draw.data import MNISTDataModule
 
 
@@ -28,3 +31,21 @@ def test_callback_does_nothing_without_tensorboard(tiny_mnist, tmp_path):
     )
     trainer.fit(module, MNISTDataModule(data_dir=str(tiny_mnist), val_size=40))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_throughput_leaves_out_the_first_batch_and_validation():
+    """The first batch holds torch.compile's compilation: counting it would report compile time as speed."""
+    throughput, trainer, batch = TrainThroughput(), SimpleNamespace(world_size=1), [0] * 50
+    throughput.on_train_epoch_start(trainer, None)
+    time.sleep(0.5)  # the first batch, compiling
+    throughput.on_train_batch_end(trainer, None, None, batch, 0)
+    for i in range(1, 4):
+        time.sleep(0.05)
+        throughput.on_train_batch_end(trainer, None, None, batch, i)
+    throughput.on_validation_start(trainer, None)
+    time.sleep(0.5)
+    throughput.on_validation_end(trainer, None)
+    time.sleep(0.05)
+    throughput.on_train_batch_end(trainer, None, None, batch, 4)
+    assert throughput.images == 4 * 50
+    assert 0.2 <= throughput.seconds < 0.45  # four batches of 0.05 s, neither 0.5 s pause
