@@ -266,10 +266,11 @@ class DRAW(nn.Module):
         self.canvas0 = nn.Parameter(torch.zeros(pixels))
         self.enc0 = nn.Parameter(torch.zeros(2, cfg.enc_size))  # (h, c)
         self.dec0 = nn.Parameter(torch.zeros(2, cfg.dec_size))  # (h, c)
-        self.steps_per_call = 1  # see compile_step
+        self.steps_per_call, self.compiled_steps = 1, None  # see compile_step
 
     def initial_state(self, batch_size: int):
-        expand = lambda p: p.expand(batch_size, -1)  # noqa: E731
+        # contiguous, like every later state: a compiled call's first steps then reuse the later ones' graph
+        expand = lambda p: p.expand(batch_size, -1).contiguous()  # noqa: E731
         return (
             expand(self.canvas0),
             tuple(map(expand, self.enc0)),
@@ -310,9 +311,10 @@ class DRAW(nn.Module):
     def compile_step(self, steps_per_call: int = 1) -> None:
         """Run the steps through torch.compile from now on, `steps_per_call` of them unrolled in each compiled
         call: each call into compiled code costs guards and autograd wrappers, so more steps per call run
-        faster, at longer compilation (the first steps then take a while)."""
+        faster, at longer compilation (the first steps then take a while). Recording passes (pictures, the
+        importance-weighted bound) stay eager: rare, and each would be graphs of its own to compile."""
         self.steps_per_call = steps_per_call
-        self.steps = torch.compile(self.steps)
+        self.compiled_steps = torch.compile(self.steps)
 
     def forward(self, x: torch.Tensor, record: bool = False, T: Optional[int] = None) -> DRAWOutput:
         """x (B, H, W) or (B, H*W) in [0, 1] -> the loss parts; with record, every step's canvas too.
@@ -334,10 +336,11 @@ class DRAW(nn.Module):
         keep_inputs = torch.is_grad_enabled()
         out = DRAWOutput(lx=None, lz=None, kl_steps=None)
         kl_steps = []
+        steps = self.compiled_steps if self.compiled_steps is not None and not record else self.steps
         for t in range(0, T, self.steps_per_call):
             call = slice(t, min(t + self.steps_per_call, T))
             noises = [torch.randn(batch, self.cfg.z_size, device=x.device, dtype=x.dtype) for _ in range(call.stop - t)]  # fresh each step
-            state, outputs = self.steps(x, state, w_enc, w_dec, enc_offsets[call], dec_offsets[call], noises, record)
+            state, outputs = steps(x, state, w_enc, w_dec, enc_offsets[call], dec_offsets[call], noises, record)
             for step in outputs:
                 if keep_inputs:
                     enc_inputs.append(step.enc_input)
