@@ -247,3 +247,21 @@ def test_compiled_steps_give_the_same_loss_and_gradients(read_attention, write_a
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-4)
     for name in eager_grads:
         torch.testing.assert_close(compiled_grads[name], eager_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bf16_autocast_gives_nearly_the_fp32_loss_and_finite_gradients():
+    """trainer.precision=bf16-mixed runs the model under bf16 autocast: the all-steps weight gradients
+    (StepwiseLinear) must take its mixed dtypes, and the loss stay near fp32's."""
+    torch.manual_seed(0)
+    model = DRAW(small_config(T=4))
+    x = (torch.rand(6, 28, 28) < 0.3).float()
+    losses = []
+    for bf16 in (False, True):
+        torch.manual_seed(1)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(x).nll_bound.mean()
+        loss.backward()
+        losses.append(loss.item())
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert losses[1] == pytest.approx(losses[0], rel=0.02)
