@@ -266,7 +266,7 @@ class DRAW(nn.Module):
         self.canvas0 = nn.Parameter(torch.zeros(pixels))
         self.enc0 = nn.Parameter(torch.zeros(2, cfg.enc_size))  # (h, c)
         self.dec0 = nn.Parameter(torch.zeros(2, cfg.dec_size))  # (h, c)
-        self.steps_per_call, self.compiled_steps = 1, None  # see compile_step
+        self.steps_per_call, self.compiled_steps, self.compiled_prior_step = 1, None, None  # see compile_step
 
     def initial_state(self, batch_size: int):
         # contiguous, like every later state: a compiled call's first steps then reuse the later ones' graph
@@ -312,9 +312,11 @@ class DRAW(nn.Module):
         """Run the steps through torch.compile from now on, `steps_per_call` of them unrolled in each compiled
         call: each call into compiled code costs guards and autograd wrappers, so more steps per call run
         faster, at longer compilation (the first steps then take a while). Recording passes (pictures, the
-        importance-weighted bound) stay eager: rare, and each would be graphs of its own to compile."""
+        importance-weighted bound) stay eager: rare, and each would be graphs of its own to compile.
+        Prior sampling compiles its step too (no backward: quick to compile, called once a step)."""
         self.steps_per_call = steps_per_call
         self.compiled_steps = torch.compile(self.steps)
+        self.compiled_prior_step = torch.compile(self.prior_step)
 
     def forward(self, x: torch.Tensor, record: bool = False, T: Optional[int] = None) -> DRAWOutput:
         """x (B, H, W) or (B, H*W) in [0, 1] -> the loss parts; with record, every step's canvas too.
@@ -358,17 +360,22 @@ class DRAW(nn.Module):
         out.lz = out.kl_steps.sum(1)  # Eq. 10, (B,)
         return out
 
+    def prior_step(self, z, c, h_dec, c_dec, w_dec, b_dec):
+        """Eqs. 14-15: one generation step from z_t; returns c_t, h_dec_t, c_dec_t and the write window."""
+        h_dec, c_dec = lstm_step(F.linear(torch.cat([z, h_dec], dim=1), w_dec, b_dec), c_dec)  # Eq. 14
+        update, window = self.write(h_dec)
+        return c + update, h_dec, c_dec, window  # Eq. 15
+
     @torch.no_grad()
     def sample(self, n: int, T: Optional[int] = None):
         """Eqs. 13-16: draw from the prior. Returns canvases (T, n, H, W) as probabilities and the write windows."""
         c, _, (h_dec, c_dec) = self.initial_state(n)
         w_dec, b_dec = merged_lstm_weights(self.decoder)
+        prior_step = self.compiled_prior_step or self.prior_step
         canvases, windows = [], []
         for _ in range(T or self.cfg.T):
             z = torch.randn(n, self.cfg.z_size, device=c.device)  # Eq. 13
-            h_dec, c_dec = lstm_step(F.linear(torch.cat([z, h_dec], dim=1), w_dec, b_dec), c_dec)  # Eq. 14
-            update, window = self.write(h_dec)
-            c = c + update  # Eq. 15
+            c, h_dec, c_dec, window = prior_step(z, c, h_dec, c_dec, w_dec, b_dec)
             canvases.append(torch.sigmoid(c))  # D(X | c_t); Eq. 16 samples from the last one
             windows.append(window)
         return torch.stack(canvases).view(-1, n, self.cfg.height, self.cfg.width), windows

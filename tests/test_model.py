@@ -242,8 +242,10 @@ def test_compiled_steps_give_the_same_loss_and_gradients(read_attention, write_a
         model.zero_grad()
         loss = model(x).nll_bound.mean()
         loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+        samples = model.sample(4)[0]
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, samples))
+    (eager_loss, eager_grads, eager_samples), (compiled_loss, compiled_grads, compiled_samples) = results
+    torch.testing.assert_close(compiled_samples, eager_samples)  # prior sampling's compiled step, same noise
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-4)
     for name in eager_grads:
         torch.testing.assert_close(compiled_grads[name], eager_grads[name], rtol=1e-4, atol=1e-5, msg=name)
