@@ -123,3 +123,16 @@ def test_two_job_sweep_writes_its_summary(tiny_mnist, tmp_path):
     assert [r["status"] for r in rows] == ["finished", "unfinished"]
     assert rows[1]["best val/nll"] is not None and (sweep / "curves.png").is_file()
     assert summary_md.splitlines()[:6] == (sweep / "summary.md").read_text().splitlines()[:6]
+
+
+@pytest.mark.slow
+def test_compiled_training_reaches_the_eager_runs_numbers(trained_run, tiny_mnist, tmp_path):
+    """compile=true (training, evaluation, the pictures' sampling) is the same run as the eager one."""
+    _, eager_run, _ = trained_run
+    compiled_run = tmp_path / "compiled"
+    run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "compile=true",
+               "compile_steps_per_call=2", f"hydra.run.dir={compiled_run}")  # T=3: calls of 2 and 1 steps
+    eager, compiled = (json.loads((run / "metrics.json").read_text()) for run in (eager_run, compiled_run))
+    assert compiled["steps"] == eager["steps"] == 20
+    for key in ("test/nll", "test/lx", "test/lz", "val/nll_best"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-3), key
