@@ -46,7 +46,7 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
     precision = str(cfg.trainer.precision)
     module = build_module(cfg).to(device)
     if cfg.compile:
-        module.model.compile_step(cfg.compile_steps_per_call)
+        module.model.compile_steps(cfg.compile_steps_per_call)
     model, optimizer = module.model, module.configure_optimizers()
     batch = cfg.data.batch_size
     x = torch.bernoulli(torch.full((batch, cfg.model.height, cfg.model.width), 0.13, device=device))

@@ -266,7 +266,7 @@ class DRAW(nn.Module):
         self.canvas0 = nn.Parameter(torch.zeros(pixels))
         self.enc0 = nn.Parameter(torch.zeros(2, cfg.enc_size))  # (h, c)
         self.dec0 = nn.Parameter(torch.zeros(2, cfg.dec_size))  # (h, c)
-        self.steps_per_call, self.compiled_steps, self.compiled_prior_step = 1, None, None  # see compile_step
+        self.steps_per_call, self.compiled_steps, self.compiled_prior_step = 1, None, None  # see compile_steps
 
     def initial_state(self, batch_size: int):
         # contiguous, like every later state: a compiled call's first steps then reuse the later ones' graph
@@ -301,14 +301,14 @@ class DRAW(nn.Module):
     def steps(self, x, state, w_enc, w_dec, enc_offsets, dec_offsets, noises, record: bool):
         """One step per noise from `state`: the last state and each step's StepOutput, with its recording
         only if `record` (a compiled backward takes a zero gradient for each output that gets none).
-        What torch.compile compiles: `steps_per_call` steps unrolled into one graph."""
+        What torch.compile compiles: `steps_per_call` steps unrolled into one graph (compile_steps)."""
         outputs = []
         for enc_offset, dec_offset, noise in zip(enc_offsets, dec_offsets, noises):
             state, output = self.step(x, state, w_enc, w_dec, enc_offset, dec_offset, noise)
             outputs.append(output if record else output._replace(recording=None))
         return state, outputs
 
-    def compile_step(self, steps_per_call: int = 1) -> None:
+    def compile_steps(self, steps_per_call: int = 1) -> None:
         """Run the steps through torch.compile from now on, `steps_per_call` of them unrolled in each compiled
         call: each call into compiled code costs guards and autograd wrappers, so more steps per call run
         faster, at longer compilation (the first steps then take a while). Recording passes (pictures, the
@@ -338,10 +338,11 @@ class DRAW(nn.Module):
         keep_inputs = torch.is_grad_enabled()
         out = DRAWOutput(lx=None, lz=None, kl_steps=None)
         kl_steps = []
-        steps = self.compiled_steps if self.compiled_steps is not None and not record else self.steps
+        steps = self.steps if record else (self.compiled_steps or self.steps)
         for t in range(0, T, self.steps_per_call):
             call = slice(t, min(t + self.steps_per_call, T))
-            noises = [torch.randn(batch, self.cfg.z_size, device=x.device, dtype=x.dtype) for _ in range(call.stop - t)]  # fresh each step
+            # fresh noise at every step
+            noises = [torch.randn(batch, self.cfg.z_size, device=x.device, dtype=x.dtype) for _ in range(call.stop - t)]
             state, outputs = steps(x, state, w_enc, w_dec, enc_offsets[call], dec_offsets[call], noises, record)
             for step in outputs:
                 if keep_inputs:

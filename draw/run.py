@@ -88,7 +88,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> di
     else:
         module = DRAWModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     if cfg.compile:
-        module.model.compile_step(cfg.compile_steps_per_call)
+        module.model.compile_steps(cfg.compile_steps_per_call)
     module.max_nonfinite_steps = cfg.max_nonfinite_steps
     evaluated = None  # None: test the weights as they are
     if cfg.train:

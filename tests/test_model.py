@@ -237,7 +237,7 @@ def test_compiled_steps_give_the_same_loss_and_gradients(read_attention, write_a
     results = []
     for compiled in (False, True):
         if compiled:
-            model.compile_step(steps_per_call=2)  # calls of 2, 2 and 1 steps
+            model.compile_steps(steps_per_call=2)  # calls of 2, 2 and 1 steps
         torch.manual_seed(1)
         model.zero_grad()
         loss = model(x).nll_bound.mean()
