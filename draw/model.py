@@ -241,12 +241,14 @@ class StepwiseLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, offset, T: int, inputs: list):
         ctx.inputs = inputs  # filled by the caller during the forward pass
+        ctx.weight_dtype = weight.dtype
         return tuple(offset.view_as(offset) for _ in range(T))
 
     @staticmethod
     def backward(ctx, *grad_outputs):
-        grads = torch.stack(grad_outputs)  # (T, B, out)
-        inputs = torch.stack(ctx.inputs)  # (T, B, in)
+        # Under autocast the gradients and inputs can differ in dtype (bf16 and float32): take the weight's.
+        grads = torch.stack(grad_outputs).to(ctx.weight_dtype)  # (T, B, out)
+        inputs = torch.stack(ctx.inputs).to(ctx.weight_dtype)  # (T, B, in)
         del ctx.inputs
         grad_weight = grads.flatten(0, 1).T @ inputs.flatten(0, 1)  # (out, in)
         return grad_weight, grads.sum(0), None, None

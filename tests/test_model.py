@@ -251,11 +251,12 @@ def test_compiled_steps_give_the_same_loss_and_gradients(read_attention, write_a
         torch.testing.assert_close(compiled_grads[name], eager_grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_bf16_autocast_gives_nearly_the_fp32_loss_and_finite_gradients():
+@pytest.mark.parametrize("read_attention,write_attention", [(True, True), (False, False)])
+def test_bf16_autocast_gives_nearly_the_fp32_loss_and_finite_gradients(read_attention, write_attention):
     """trainer.precision=bf16-mixed runs the model under bf16 autocast: the all-steps weight gradients
     (StepwiseLinear) must take its mixed dtypes, and the loss stay near fp32's."""
     torch.manual_seed(0)
-    model = DRAW(small_config(T=4))
+    model = DRAW(small_config(read_attention, write_attention, T=4))
     x = (torch.rand(6, 28, 28) < 0.3).float()
     losses = []
     for bf16 in (False, True):
