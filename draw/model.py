@@ -268,7 +268,7 @@ class DRAW(nn.Module):
         self.canvas0 = nn.Parameter(torch.zeros(pixels))
         self.enc0 = nn.Parameter(torch.zeros(2, cfg.enc_size))  # (h, c)
         self.dec0 = nn.Parameter(torch.zeros(2, cfg.dec_size))  # (h, c)
-        self.steps_per_call, self.compiled_steps, self.compiled_prior_step = 1, None, None  # see compile_steps
+        self.steps_per_call, self.compiled_steps, self.compiled_decode = 1, None, None  # see compile_steps
 
     def initial_state(self, batch_size: int):
         # contiguous, like every later state: a compiled call's first steps then reuse the later ones' graph
@@ -292,10 +292,7 @@ class DRAW(nn.Module):
         h_enc, c_enc = lstm_step(F.linear(enc_input, w_enc) + enc_offset, c_enc)  # Eq. 5
         mu, log_sigma = self.q(h_enc).chunk(2, dim=1)  # Eqs. 1-2, (B, Z) each
         z = mu + log_sigma.exp() * noise  # Eq. 6
-        dec_input = torch.cat([z, h_dec], dim=1)  # (B, Z + dec_size)
-        h_dec, c_dec = lstm_step(F.linear(dec_input, w_dec) + dec_offset, c_dec)  # Eq. 7
-        update, write_window = self.write(h_dec)
-        c = c + update  # Eq. 8
+        c, h_dec, c_dec, write_window, dec_input = self.decode(z, c, h_dec, c_dec, w_dec, dec_offset)  # Eqs. 7-8
         kl = gaussian_kl(mu, log_sigma)
         recording = StepRecording(c, z, mu, log_sigma, read_window, write_window)
         return (c, h_enc, c_enc, h_dec, c_dec), StepOutput(kl, enc_input.detach(), dec_input.detach(), recording)
@@ -315,10 +312,10 @@ class DRAW(nn.Module):
         call: each call into compiled code costs guards and autograd wrappers, so more steps per call run
         faster, at longer compilation (the first steps then take a while). Recording passes (pictures, the
         importance-weighted bound) stay eager: rare, and each would be graphs of its own to compile.
-        Prior sampling compiles its step too (no backward: quick to compile, called once a step)."""
+        Prior sampling compiles its decode step too (no backward: quick to compile, called once a step)."""
         self.steps_per_call = steps_per_call
         self.compiled_steps = torch.compile(self.steps)
-        self.compiled_prior_step = torch.compile(self.prior_step)
+        self.compiled_decode = torch.compile(self.decode)
 
     def forward(self, x: torch.Tensor, record: bool = False, T: Optional[int] = None) -> DRAWOutput:
         """x (B, H, W) or (B, H*W) in [0, 1] -> the loss parts; with record, every step's canvas too.
@@ -363,22 +360,25 @@ class DRAW(nn.Module):
         out.lz = out.kl_steps.sum(1)  # Eq. 10, (B,)
         return out
 
-    def prior_step(self, z, c, h_dec, c_dec, w_dec, b_dec):
-        """Eqs. 14-15: one generation step from z_t; returns c_t, h_dec_t, c_dec_t and the write window."""
-        h_dec, c_dec = lstm_step(F.linear(torch.cat([z, h_dec], dim=1), w_dec, b_dec), c_dec)  # Eq. 14
+    def decode(self, z, c, h_dec, c_dec, w_dec, dec_offset):
+        """Eqs. 7-8 in training, 14-15 in sampling: the decoder reads z_t and writes on the canvas. w_dec is
+        merged_lstm_weights' and dec_offset its bias (or, in training, StepwiseLinear's offset). Returns
+        c_t, h_dec_t, c_dec_t, the write window and the decoder's input [z_t, h_dec_{t-1}]."""
+        dec_input = torch.cat([z, h_dec], dim=1)  # (B, Z + dec_size)
+        h_dec, c_dec = lstm_step(F.linear(dec_input, w_dec) + dec_offset, c_dec)  # Eq. 7 / 14
         update, window = self.write(h_dec)
-        return c + update, h_dec, c_dec, window  # Eq. 15
+        return c + update, h_dec, c_dec, window, dec_input  # Eq. 8 / 15
 
     @torch.no_grad()
     def sample(self, n: int, T: Optional[int] = None):
         """Eqs. 13-16: draw from the prior. Returns canvases (T, n, H, W) as probabilities and the write windows."""
         c, _, (h_dec, c_dec) = self.initial_state(n)
         w_dec, b_dec = merged_lstm_weights(self.decoder)
-        prior_step = self.compiled_prior_step or self.prior_step
+        decode = self.compiled_decode or self.decode
         canvases, windows = [], []
         for _ in range(T or self.cfg.T):
             z = torch.randn(n, self.cfg.z_size, device=c.device)  # Eq. 13
-            c, h_dec, c_dec, window = prior_step(z, c, h_dec, c_dec, w_dec, b_dec)
+            c, h_dec, c_dec, window, _ = decode(z, c, h_dec, c_dec, w_dec, b_dec)  # Eqs. 14-15
             canvases.append(torch.sigmoid(c))  # D(X | c_t); Eq. 16 samples from the last one
             windows.append(window)
         return torch.stack(canvases).view(-1, n, self.cfg.height, self.cfg.width), windows

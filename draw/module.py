@@ -30,9 +30,6 @@ class DRAWModule(pl.LightningModule):
         self.skipped_steps = 0
         self._nonfinite_in_a_row = 0
 
-    def forward(self, x, record: bool = False):
-        return self.model(x, record=record)
-
     def _step(self, x: torch.Tensor, stage: str):
         out = self.model(x)
         lx, lz = out.lx.mean(), out.lz.mean()

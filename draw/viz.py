@@ -19,15 +19,10 @@ def grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
     return make_grid(images.unsqueeze(1).float().clamp(0, 1), nrow=nrow, padding=PAD, pad_value=0.5)
 
 
-def grid_columns(n: int) -> int:
-    """As square a grid as n allows."""
-    return max(1, int(np.ceil(np.sqrt(n))))
-
-
 def layout(images: torch.Tensor, originals: Optional[torch.Tensor] = None):
     """(n, H, W) images -> the cells of their grid and its row length: as square as n allows, each
     original (n, H, W), if given, left of its image."""
-    nrow = grid_columns(len(images))
+    nrow = max(1, int(np.ceil(np.sqrt(len(images)))))
     if originals is None:
         return images, nrow
     return torch.stack([originals, images], 1).flatten(0, 1), 2 * nrow
