@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from draw.config import validate_train_config
 from draw.errors import exit_on_user_error
+from draw.module import build_optimizer
 from draw.run import build_module, compose_config
 PAPER_CONFIGS = [["experiment=paper_mnist_attention"], ["experiment=paper_mnist_noattention"]]
 
@@ -47,7 +48,7 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
     module = build_module(cfg).to(device)
     if cfg.compile:
         module.model.compile_steps(cfg.compile_steps_per_call)
-    model, optimizer = module.model, module.configure_optimizers()
+    model, optimizer = module.model, build_optimizer(module.parameters(), module.hparams.optim)
     batch = cfg.data.batch_size
     x = torch.bernoulli(torch.full((batch, cfg.model.height, cfg.model.width), 0.13, device=device))
 

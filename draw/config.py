@@ -6,13 +6,15 @@ from typing import Optional
 
 import torch
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from draw.data import check_binarization
 from draw.errors import UserError, exit_with
+from draw.model import DRAWConfig
 
 MNIST_SIZE = 28
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+SCHEDULES = ("none", "cosine", "onecycle", "plateau")
 
 
 def _is_int(value) -> bool:
@@ -52,17 +54,26 @@ def validate_train_config(cfg: DictConfig) -> None:
         require(m[key] == MNIST_SIZE, f"model.{key}", m[key], f"{MNIST_SIZE}, the size of MNIST's images")
     for key in ("read_n", "write_n"):
         require_int(f"attention.{key}", a[key], 1, min(m.height, m.width))
+    for window in ("read_init", "write_init"):
+        for key, value in a[window].items():
+            require(key in ("stride", "var", "gamma"), f"attention.{window}.{key}", value, "the keys are stride, var and gamma")
+            require(value is None or (_is_number(value) and value > 0), f"attention.{window}.{key}", value, "null or a number > 0")
     require_int("data.batch_size", d.batch_size, 1)
     require_int("data.val_size", d.val_size, 1)
     require_int("data.num_workers", d.num_workers, 0)
     for key in ("binarization", "eval_binarization"):  # here too: Hydra's instantiate would wrap the DataModule's error
         check_binarization(d[key], f"data.{key}")
     require(_is_number(o.lr) and 0 < o.lr < 1, "optim.lr", o.lr, "a number > 0 and < 1")
-    betas = list(o.betas) if not isinstance(o.betas, (str, int, float)) else o.betas
-    require(
-        isinstance(betas, list) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
-        "optim.betas", betas, "two numbers in [0, 1), e.g. [0.5, 0.999]",
-    )
+    if "betas" in o:
+        betas = list(o.betas) if not isinstance(o.betas, (str, int, float)) else o.betas
+        require(
+            isinstance(betas, list) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
+            "optim.betas", betas, "two numbers in [0, 1), e.g. [0.5, 0.999]",
+        )
+    if "weight_decay" in o:
+        require(_is_number(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
+    require(cfg.scheduler.name in SCHEDULES, "scheduler.name", cfg.scheduler.name, f"one of {', '.join(SCHEDULES)}")
+    require_int("kl_warmup_steps", cfg.kl_warmup_steps, 0)
     require_int("trainer.max_epochs", cfg.trainer.max_epochs, 1)
     check_accelerator("trainer.accelerator", cfg.trainer.accelerator)
     require_int("eval.iw_samples", cfg.eval.iw_samples, 0)
@@ -88,11 +99,12 @@ def read_checkpoint(path, key: str = "ckpt_path") -> dict:
 
 
 def check_same_model(checkpoint: dict, cfg: DictConfig, path) -> None:
-    """Resuming needs the checkpoint's sizes: name the first setting of the model or attention groups that differs."""
-    saved = checkpoint["hyper_parameters"]["model"]
+    """Resuming needs the checkpoint's sizes: name the first setting of the model or attention groups that differs.
+    A setting the checkpoint predates counts as DRAWConfig's default."""
+    saved = {**vars(DRAWConfig()), **checkpoint["hyper_parameters"]["model"]}
     for group in ("model", "attention"):
         for name, value in cfg[group].items():
-            if saved.get(name) != value:
+            if (OmegaConf.to_object(value) if OmegaConf.is_config(value) else value) != saved.get(name):
                 raise UserError(
                     f"ckpt_path={path} was trained with {group}.{name}={saved.get(name)!r} but this run has "
                     f"{group}.{name}={value!r}: resume with the checkpoint's settings, or start a new run"

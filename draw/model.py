@@ -29,6 +29,9 @@ class DRAWConfig:
     write_attention: bool = True
     read_n: int = 2
     write_n: int = 5
+    # Where each window starts before training moves it (init_window): None keeps nn.Linear's own start.
+    read_init: dict = field(default_factory=lambda: {"stride": None, "var": None, "gamma": None})
+    write_init: dict = field(default_factory=lambda: {"stride": None, "var": None, "gamma": None})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -74,6 +77,21 @@ def filterbank(window: AttentionWindow, offsets: torch.Tensor, xs: torch.Tensor,
     mu_x = window.g_x.unsqueeze(1) + offsets * window.delta.unsqueeze(1)  # Eq. 19, (B, N)
     mu_y = window.g_y.unsqueeze(1) + offsets * window.delta.unsqueeze(1)  # Eq. 20, (B, N)
     return gaussian_filters(xs, mu_x, window.var), gaussian_filters(ys, mu_y, window.var)  # Eqs. 25-26
+
+
+def init_window(params: nn.Linear, N: int, height: int, width: int, stride=None, var=None, gamma=None) -> None:
+    """Start a window's filters `stride` pixels apart, with variance `var` (pixels^2) and intensity `gamma`, by
+    the biases of Eq. 21's log delta~, log sigma^2 and log gamma; None leaves that bias as nn.Linear made it.
+    The weights stay as they are, so h_dec moves the window from there. Left alone, the grid starts spanning
+    the whole image (delta ~ (max(H, W) - 1) / (N - 1), Eq. 24 with log delta~ ~ 0) with filters of variance
+    ~1 and gamma ~1: a 2 x 2 read then sees four pixels on the border, where MNIST is blank."""
+    with torch.no_grad():
+        if stride is not None:
+            params.bias[3] = math.log(stride / ((max(height, width) - 1) / max(N - 1, 1)))  # Eq. 24 solved for log delta~
+        if var is not None:
+            params.bias[2] = math.log(var)
+        if gamma is not None:
+            params.bias[4] = math.log(gamma)
 
 
 class Filterbank(nn.Module):
@@ -124,6 +142,7 @@ class AttentiveRead(nn.Module):
         self.out_size = 2 * cfg.read_n * cfg.read_n
         self.params = nn.Linear(cfg.dec_size, 5)  # Eq. 21
         self.filterbank = Filterbank(cfg.read_n, cfg.height, cfg.width)
+        init_window(self.params, cfg.read_n, cfg.height, cfg.width, **cfg.read_init)
 
     def forward(self, x, x_hat, h_dec_prev):
         window, F_x, F_y = self.filterbank(self.params(h_dec_prev))  # (B, N, W), (B, N, H)
@@ -152,6 +171,7 @@ class AttentiveWrite(nn.Module):
         # Eq. 21's five window parameters and Eq. 28's patch both come from h_dec_t: one matmul.
         self.params_and_patch = nn.Linear(cfg.dec_size, 5 + self.N * self.N)
         self.filterbank = Filterbank(cfg.write_n, cfg.height, cfg.width)
+        init_window(self.params_and_patch, cfg.write_n, cfg.height, cfg.width, **cfg.write_init)
 
     def forward(self, h_dec):
         params, patch = self.params_and_patch(h_dec).split([5, self.N * self.N], dim=1)

@@ -1,6 +1,10 @@
-"""The LightningModule: DRAW's loss as the training objective, Adam, and the metrics in nats per image."""
+"""The LightningModule: DRAW's loss as the training objective, the optimizer and learning-rate schedule, and
+the metrics in nats per image."""
+import math
 from pathlib import Path
+from typing import Optional
 
+import hydra
 import pytorch_lightning as pl
 import torch
 
@@ -12,15 +16,56 @@ class NonFiniteTraining(UserError):
     pass
 
 
+def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
+    """`optim` is the optim group: a `_partial_` optimizer (`_target_` and its arguments). Checkpoints from before
+    the group had a `_target_` hold Adam's lr and betas alone."""
+    optim = {"_target_": "torch.optim.Adam", "_partial_": True, **optim}
+    return hydra.utils.instantiate(optim, _convert_="all")(params)
+
+
+def lr_schedule(optimizer, scheduler: dict, total_steps: int) -> Optional[dict]:
+    """The scheduler group as Lightning's lr_scheduler dict (None for `none`). Factors multiply optim.lr.
+
+    cosine: linear warm-up over `warmup_steps` from 0, then a half cosine down to `min_lr_ratio` at the last step;
+    onecycle: torch's OneCycleLR with max_lr = optim.lr; plateau: ReduceLROnPlateau on val/nll, once an epoch."""
+    name = scheduler["name"]
+    if name == "none":
+        return None
+    if name == "cosine":
+        warmup, floor = scheduler["warmup_steps"], scheduler["min_lr_ratio"]
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total_steps - 1 - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
+    if name == "onecycle":
+        lr = optimizer.param_groups[0]["lr"]
+        kwargs = {k: scheduler[k] for k in ("pct_start", "div_factor", "final_div_factor")}
+        onecycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, cycle_momentum=False, **kwargs)
+        return {"scheduler": onecycle, "interval": "step"}
+    if name == "plateau":
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=scheduler["factor"], patience=scheduler["patience"])
+        return {"scheduler": plateau, "interval": "epoch", "monitor": "val/nll"}
+    raise UserError(f"scheduler.name={name!r} is not a schedule: use none, cosine, onecycle or plateau")
+
+
 class DRAWModule(pl.LightningModule):
-    """`model` holds DRAWConfig's fields and `optim` Adam's lr and betas, both plain dicts, so a checkpoint's
-    hyper-parameters rebuild the model with `DRAWModule.load_from_checkpoint(path)` and no config at hand.
+    """`model` holds DRAWConfig's fields, `optim` the optimizer (a `_partial_` config) and `scheduler` the
+    learning-rate schedule, all plain dicts, so a checkpoint's hyper-parameters rebuild the model with
+    `DRAWModule.load_from_checkpoint(path)` and no config at hand.
+
+    `kl_warmup_steps` > 0 trains on Lx + beta Lz with beta rising linearly from 0 to 1 over that many steps
+    (KL annealing, Bowman et al. 2016): the encoder is used before the KL term can shut it off. Only the
+    gradient sees beta: every logged `loss` and `nll` is the true negative ELBO, Lx + Lz.
 
     A step whose loss or gradient is not finite is skipped (no update, Adam's moments untouched) and
     counted; `max_nonfinite_steps` of them in a row stop training with a checkpoint of the weights before.
     """
 
-    def __init__(self, model: dict, optim: dict):
+    def __init__(self, model: dict, optim: dict, scheduler: Optional[dict] = None, kl_warmup_steps: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.model = DRAW(DRAWConfig(**model))
@@ -40,10 +85,20 @@ class DRAWModule(pl.LightningModule):
         log = dict(batch_size=len(x), on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         self.log(f"{stage}/{name}", loss, prog_bar=True, **log)
         self.log_dict({f"{stage}/lx": lx, f"{stage}/lz": lz}, **log)
-        return loss
+        return lx, lz
+
+    @property
+    def kl_weight(self) -> float:
+        """beta of the training objective Lx + beta Lz at this step (1 without KL warm-up)."""
+        warmup = self.hparams.kl_warmup_steps
+        return min(1.0, (self.global_step + 1) / warmup) if warmup else 1.0
 
     def training_step(self, x, batch_idx):
-        loss = self._step(x, "train")
+        lx, lz = self._step(x, "train")
+        loss = lx + self.kl_weight * lz
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        if self.hparams.kl_warmup_steps:
+            self.log("train/kl_weight", self.kl_weight, on_step=True, on_epoch=False)
         if not torch.isfinite(loss):
             self._skip("loss")
             return None  # Lightning then skips backward, and the optimizer finds no gradients
@@ -80,12 +135,14 @@ class DRAWModule(pl.LightningModule):
             )
 
     def validation_step(self, x, batch_idx):
-        return self._step(x, "val")
+        self._step(x, "val")
 
     def test_step(self, x, batch_idx):
         if self.iw_samples:
             self.log("test/iw_nll", iw_nll(self.model, x, self.iw_samples).mean(), batch_size=len(x), sync_dist=True)
-        return self._step(x, "test")
+        self._step(x, "test")
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.optim["lr"], betas=tuple(self.hparams.optim["betas"]))
+        optimizer = build_optimizer(self.parameters(), self.hparams.optim)
+        schedule = lr_schedule(optimizer, self.hparams.scheduler or {"name": "none"}, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": schedule} if schedule else optimizer

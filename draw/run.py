@@ -32,7 +32,9 @@ def model_hparams(cfg: DictConfig) -> dict:
 
 
 def build_module(cfg: DictConfig) -> DRAWModule:
-    return DRAWModule(model=model_hparams(cfg), optim=OmegaConf.to_container(cfg.optim, resolve=True))
+    plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
+    return DRAWModule(model=model_hparams(cfg), optim=plain(cfg.optim), scheduler=plain(cfg.scheduler),
+                      kl_warmup_steps=cfg.kl_warmup_steps)
 
 
 def resolve_ckpt_path(ckpt_path):

@@ -36,6 +36,10 @@ BAD_VALUES = [
     ("trainer.max_epochs=0", "trainer.max_epochs=0", "integer >= 1"),
     ("data.binarization=random", "data.binarization='random'", "dynamic, fixed, threshold, none"),
     ("trainer.accelerator=tpu9", "trainer.accelerator='tpu9'", "auto, cpu, gpu"),
+    ("attention.read_init.stride=-2", "attention.read_init.stride=-2", "number > 0"),
+    ("scheduler.name=linear", "scheduler.name='linear'", "none, cosine, onecycle, plateau"),
+    ("kl_warmup_steps=-1", "kl_warmup_steps=-1", "integer >= 0"),
+    ("optim.weight_decay=-1", "optim.weight_decay=-1", ">= 0"),
 ]
 
 

@@ -36,8 +36,12 @@ def test_experiments_hold_the_paper_and_seed_settings():
     assert not none.attention.read_attention and not none.attention.write_attention
     assert (seed.model.T, seed.model.z_size, seed.attention.read_n, seed.attention.write_n) == (10, 10, 5, 5)
     assert list(seed.optim.betas) == [0.5, 0.999] and seed.trainer.gradient_clip_val == 5.0
-    # The plain defaults are the paper's attention model.
-    assert compose_config().model == attention.model and compose_config().attention == attention.attention
+    # The plain defaults are the paper's attention model (without the experiment's training recipe).
+    plain = compose_config()
+    assert plain.model == attention.model
+    assert all(plain.attention[k] == attention.attention[k] for k in ("read_attention", "write_attention", "read_n", "write_n"))
+    # The recipe (docs/recipe.md) is both paper experiments' default.
+    assert attention.optim.lr == none.optim.lr == 3e-3 and attention.attention.write_init.gamma == 0.05
 
 
 def test_train_runs_end_to_end_and_leaves_the_working_folder_alone(trained_run):

@@ -1,0 +1,106 @@
+"""The training recipe's knobs: the windows' starting place, the optimizer, the lr schedule, KL warm-up."""
+import pytest
+import torch
+from pytorch_lightning import Trainer
+
+from conftest import compose_config, tiny_module
+from draw.config import check_same_model
+from draw.data import MNISTDataModule
+from draw.model import DRAW, DRAWConfig
+from draw.module import DRAWModule, build_optimizer, lr_schedule
+from draw.run import build_module
+
+
+@pytest.mark.parametrize("N", [2, 5])
+def test_windows_start_where_the_config_says(N):
+    cfg = DRAWConfig(T=2, z_size=4, enc_size=8, dec_size=8, read_n=N, write_n=N,
+                     read_init={"stride": 9.0, "var": 16.0}, write_init={"stride": 4.0, "var": None})
+    model = DRAW(cfg)
+    h_dec = torch.zeros(3, 8)  # the window then comes from the biases alone
+    read, _, _ = model.read.filterbank(model.read.params(h_dec))
+    write, _, _ = model.write.filterbank(model.write.params_and_patch(h_dec)[:, :5])
+    assert torch.allclose(read.delta, torch.tensor(9.0)) and torch.allclose(read.var, torch.tensor(16.0))
+    assert torch.allclose(write.delta, torch.tensor(4.0))
+    # var: null leaves nn.Linear's start, a variance near 1 (a bias in +-1/sqrt(8)).
+    assert 0.6 < write.var.mean() < 1.5
+    # Left alone, the grid spans the image: delta near (28 - 1) / (N - 1).
+    default = DRAW(DRAWConfig(T=2, z_size=4, enc_size=8, dec_size=8, read_n=N))
+    delta = default.read.filterbank(default.read.params(h_dec))[0].delta
+    assert 0.6 < float(delta.detach().mean()) / (27 / (N - 1)) < 1.5
+
+
+def test_window_init_composes_into_the_model():
+    module = build_module(compose_config("attention.read_init.stride=8", "attention.read_init.var=12"))
+    window = module.model.read.filterbank(module.model.read.params(torch.zeros(1, 256)))[0]
+    assert torch.allclose(window.delta, torch.tensor(8.0)) and torch.allclose(window.var, torch.tensor(12.0))
+
+
+def test_checkpoint_from_before_window_init_resumes():
+    """A checkpoint whose hyper-parameters predate read_init and write_init means their default."""
+    cfg = compose_config()
+    saved = {k: v for k, v in build_module(cfg).hparams.model.items() if k not in ("read_init", "write_init")}
+    check_same_model({"hyper_parameters": {"model": saved}}, cfg, "old.ckpt")  # no error
+
+
+@pytest.mark.parametrize("optim,kind,decay", [("adam", torch.optim.Adam, 0.0), ("adamw", torch.optim.AdamW, 1e-2)])
+def test_optim_group_builds_its_optimizer(optim, kind, decay):
+    cfg = compose_config(f"optim={optim}", "optim.lr=3e-4")
+    optimizer = build_optimizer(torch.nn.Linear(2, 2).parameters(), build_module(cfg).hparams.optim)
+    assert type(optimizer) is kind
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 3e-4 and group["weight_decay"] == decay and isinstance(group["betas"], tuple)
+
+
+def test_optim_without_target_is_adam():
+    """Checkpoints written before the optim group held Adam's lr and betas alone."""
+    optimizer = build_optimizer(torch.nn.Linear(2, 2).parameters(), {"lr": 1e-3, "betas": [0.5, 0.999]})
+    assert type(optimizer) is torch.optim.Adam and optimizer.param_groups[0]["betas"] == (0.5, 0.999)
+
+
+def lrs_over(scheduler: str, steps: int, *overrides) -> list:
+    """The lr at each of `steps` optimizer steps under scheduler=NAME (optim.lr 1e-3)."""
+    cfg = compose_config(f"scheduler={scheduler}", "optim.lr=1e-3", *overrides)
+    optimizer = build_optimizer(torch.nn.Linear(2, 2).parameters(), build_module(cfg).hparams.optim)
+    schedule = lr_schedule(optimizer, dict(cfg.scheduler), steps)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if schedule:
+            schedule["scheduler"].step()
+    return lrs
+
+
+def test_schedules_change_the_lr_as_configured():
+    assert lrs_over("none", 10) == [1e-3] * 10
+    cosine = lrs_over("cosine", 101, "scheduler.min_lr_ratio=0.1")
+    assert cosine[0] == pytest.approx(1e-3) and cosine[50] == pytest.approx(0.55e-3) and cosine[100] == pytest.approx(1e-4)
+    warm = lrs_over("warmup_cosine", 120, "scheduler.warmup_steps=20")
+    assert warm[0] == pytest.approx(1e-3 / 20) and warm[19] == pytest.approx(1e-3) and max(warm) == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(warm[:19], warm[1:20])) and all(a >= b for a, b in zip(warm[20:], warm[21:]))
+    onecycle = lrs_over("onecycle", 100)
+    assert max(onecycle) == pytest.approx(1e-3) and onecycle[0] == pytest.approx(1e-3 / 25)
+    assert onecycle.index(max(onecycle)) == pytest.approx(30, abs=1) and onecycle[-1] < 1e-6
+
+
+def test_plateau_halves_the_lr_when_val_nll_stops_falling():
+    cfg = compose_config("scheduler=plateau", "scheduler.patience=1")
+    optimizer = build_optimizer(torch.nn.Linear(2, 2).parameters(), build_module(cfg).hparams.optim)
+    schedule = lr_schedule(optimizer, dict(cfg.scheduler), 100)
+    assert schedule["monitor"] == "val/nll" and schedule["interval"] == "epoch"
+    for val_nll in (100.0, 90.0, 95.0, 96.0):
+        schedule["scheduler"].step(val_nll)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+
+
+def test_kl_warmup_trains_on_a_part_of_the_kl_but_reports_the_elbo(tiny_mnist, tmp_path):
+    module = DRAWModule(model=tiny_module().hparams.model, optim={"lr": 1e-3}, scheduler={"name": "cosine", "warmup_steps": 0, "min_lr_ratio": 0.1},
+                        kl_warmup_steps=100)
+    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0)
+    trainer.fit(module, MNISTDataModule(data_dir=str(tiny_mnist), batch_size=20, val_size=40))
+    m = trainer.callback_metrics
+    assert trainer.global_step == 10 and m["train/kl_weight"] == pytest.approx(10 / 100)
+    assert float(m["train/loss"]) == pytest.approx(float(m["train/lx"] + m["train/lz"]), rel=1e-6)
+    # the cosine schedule ran to its end over the run's 10 steps
+    assert float(m["train/lr"]) == pytest.approx(1e-4)
