@@ -22,14 +22,16 @@ def job_dirs(sweep_dir: Path) -> list:
 
 
 def val_curve(job_dir: Path) -> list:
-    """(step, val/nll) pairs from the job's TensorBoard events."""
+    """(step, epoch, val/nll) triples from the job's TensorBoard events; epoch counts from 1, the epoch in which
+    that validation ran (at an epoch's end: the epochs trained)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(job_dir / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     if "val/nll" not in events.Tags()["scalars"]:
         return []
-    return [(e.step, e.value) for e in events.Scalars("val/nll")]
+    epochs = {e.step: int(e.value) + 1 for e in events.Scalars("epoch")}
+    return [(e.step, epochs.get(e.step), e.value) for e in events.Scalars("val/nll")]
 
 
 def collect(sweep_dir: Path) -> list:
@@ -49,7 +51,7 @@ def collect(sweep_dir: Path) -> list:
             status="finished" if metrics else "unfinished",
             curve=curve,
         )
-        row["best val/nll"] = min((v for _, v in curve), default=None)
+        row["best val/nll"] = min((v for *_, v in curve), default=None)
         rows.append(row)
     return sorted(rows, key=lambda r: (r["test/nll"] is None, r["test/nll"] or math.inf))
 
@@ -91,12 +93,15 @@ def plot_curves(rows: list, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Against epochs where every job validated once an epoch (runs compare at equal epochs), else against steps.
+    by_epoch = all(len({e for _, e, _ in row["curve"]}) == len(row["curve"]) and None not in {e for _, e, _ in row["curve"]}
+                   for row in rows)
     fig, ax = plt.subplots(figsize=(8, 5))
     for row in rows:
         if row["curve"]:
-            steps, values = zip(*row["curve"])
-            ax.plot(steps, values, marker="o", markersize=3, label=f"{row['job']}: {row['overrides']}")
-    ax.set_xlabel("optimizer step")
+            steps, epochs, values = zip(*row["curve"])
+            ax.plot(epochs if by_epoch else steps, values, marker="o", markersize=3, label=f"{row['job']}: {row['overrides']}")
+    ax.set_xlabel("epoch" if by_epoch else "optimizer step")
     ax.set_ylabel("validation NLL bound (nats per image)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

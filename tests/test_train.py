@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 
 from conftest import ROOT, TINY_RUN, compose_config, run_script
 from draw.module import DRAWModule
-from draw.report import write_summary
+from draw.report import val_curve, write_summary
 from draw.run import build_module
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -104,7 +104,7 @@ def test_evaluate_a_checkpoint_without_training(trained_run, tiny_mnist, tmp_pat
 def test_two_job_sweep_writes_its_summary(tiny_mnist, tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_script("train.py", tmp_path, "-m", "attention=none,read_write", f"data.data_dir={tiny_mnist}", *TINY_RUN,
-                      "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
+                      f"hydra.sweep.dir={sweep}")
     assert proc.stdout.count("test NLL bound:") == 2
     for job in ("0", "1"):
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
@@ -117,6 +117,8 @@ def test_two_job_sweep_writes_its_summary(tiny_mnist, tmp_path):
     assert nlls == sorted(nlls) and all(r["status"] == "finished" for r in rows)
     assert "| attention=read_write |" in (sweep / "summary.md").read_text()
     assert (sweep / "curves.png").stat().st_size > 0
+    # One validation an epoch: the curves compare jobs at equal epochs (10 steps each).
+    assert [(step, epoch) for step, epoch, _ in val_curve(sweep / "0")] == [(9, 1), (19, 2)]
 
     # The report command rebuilds it all from the folder alone, also for a job that never finished.
     summary_md = (sweep / "summary.md").read_text()
