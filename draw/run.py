@@ -70,13 +70,16 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> di
         monitor="val/nll",
         mode="min",
     )
-    # last.ckpt, overwritten: at every epoch's end, and every checkpoint_every_n_steps steps when that is > 0.
-    last = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False,
-                           every_n_train_steps=cfg.checkpoint_every_n_steps or None)
+    # last.ckpt, overwritten: at every epoch's end, and every checkpoint_every_n_steps steps when that is > 0
+    # (a second ModelCheckpoint: one takes steps or epochs, and with steps alone an epoch's end is missed).
+    last = [ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False)]
+    if cfg.checkpoint_every_n_steps:
+        last.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False,
+                                    every_n_train_steps=cfg.checkpoint_every_n_steps))
     resume_command = " ".join(["python train.py", *(o for o in overrides if not o.startswith("ckpt_path=")),
                                f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
     throughput = TrainThroughput()
-    callbacks = [best, last, throughput, DrawingImages(), SaveOnInterrupt(out / "checkpoints" / "last.ckpt", resume_command)]
+    callbacks = [best, *last, throughput, DrawingImages(), SaveOnInterrupt(out / "checkpoints" / "last.ckpt", resume_command)]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar())  # Lightning would pick Rich's where rich is installed: one bar everywhere
     trainer = hydra.utils.instantiate(

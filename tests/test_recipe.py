@@ -104,3 +104,17 @@ def test_kl_warmup_trains_on_a_part_of_the_kl_but_reports_the_elbo(tiny_mnist, t
     assert float(m["train/loss"]) == pytest.approx(float(m["train/lx"] + m["train/lz"]), rel=1e-6)
     # the cosine schedule ran to its end over the run's 10 steps
     assert float(m["train/lr"]) == pytest.approx(1e-4)
+
+
+def test_paper_recipe_trains_with_its_plateau_schedule(tiny_mnist, tmp_path):
+    """The paper experiments' scheduler steps on the validation NLL inside a real run (its monitor exists)."""
+    from conftest import TINY_RUN, run_script
+
+    run_script("train.py", tmp_path, "experiment=paper_mnist_attention", f"data.data_dir={tiny_mnist}", *TINY_RUN,
+               "compile=false", f"hydra.run.dir={tmp_path}/run")
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    # The experiment saves every 100 steps; the 20-step run's last.ckpt is still its last epoch's end.
+    assert checkpoint["global_step"] == 20
+    (plateau,) = checkpoint["lr_schedulers"]
+    assert plateau["patience"] == 0 and plateau["best"] < 543.4  # it has seen val/nll
+    assert checkpoint["hyper_parameters"]["scheduler"]["name"] == "plateau"
