@@ -48,7 +48,8 @@ def lr_schedule(optimizer, scheduler: dict, total_steps: int) -> Optional[dict]:
         return {"scheduler": onecycle, "interval": "step"}
     if name == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=scheduler["factor"], patience=scheduler["patience"])
-        return {"scheduler": plateau, "interval": "epoch", "monitor": "val/nll"}
+        # strict=False: a run without validation (limit_val_batches=0) keeps its lr, with Lightning's warning
+        return {"scheduler": plateau, "interval": "epoch", "monitor": "val/nll", "strict": False}
     raise UserError(f"scheduler.name={name!r} is not a schedule: use none, cosine, onecycle or plateau")
 
 
