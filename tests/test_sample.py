@@ -86,7 +86,7 @@ def test_shipped_checkpoint_samples_without_any_path(tmp_path):
     assert PRETRAINED.stat().st_size < 10 * 2**20
     sample(sample_config("n=4"), str(tmp_path))
     canvases = np.load(tmp_path / "canvases.npz")["canvases"]
-    assert canvases.shape == (10, 4, 28, 28)  # the shipped model draws in T=10 steps
+    assert canvases.shape == (64, 4, 28, 28)  # the shipped paper model draws in T=64 steps
     # A trained model's last canvas is nearly binary ink on a dark page, unlike the untrained grey.
     assert canvases[-1].mean() < 0.3 and (np.abs(canvases[-1] - 0.5) > 0.4).mean() > 0.7
 
