@@ -59,8 +59,9 @@ class DRAWModule(pl.LightningModule):
     `DRAWModule.load_from_checkpoint(path)` and no config at hand.
 
     `kl_warmup_steps` > 0 trains on Lx + beta Lz with beta rising linearly from 0 to 1 over that many steps
-    (KL annealing, Bowman et al. 2016): the encoder is used before the KL term can shut it off. Only the
-    gradient sees beta: every logged `loss` and `nll` is the true negative ELBO, Lx + Lz.
+    (KL annealing, Bowman et al. 2016, a common remedy for latents left unused; it did not speed up the paper
+    model, docs/recipe.md). Only the gradient sees beta: every logged `loss` and `nll` is the true negative
+    ELBO, Lx + Lz.
 
     A step whose loss or gradient is not finite is skipped (no update, Adam's moments untouched) and
     counted; `max_nonfinite_steps` of them in a row stop training with a checkpoint of the weights before.
