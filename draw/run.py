@@ -85,7 +85,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> di
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         default_root_dir=str(out),
-        logger=TensorBoardLogger(str(out), name="tensorboard", version=""),
+        logger=TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False),  # no hp_metric = -1
         callbacks=callbacks,
     )
     if cfg.train:

@@ -50,6 +50,11 @@ def test_train_runs_end_to_end_and_leaves_the_working_folder_alone(trained_run):
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert len(list((run / "checkpoints").glob("epoch*-val_nll*.ckpt"))) == 1
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert "val/nll" in events.Tags()["scalars"] and "hp_metric" not in events.Tags()["scalars"]  # not Lightning's -1
     nll = float(stdout.split("test NLL bound: ")[1].split()[0])
     assert nll < 543.4  # 784 ln 2: better than the untrained, all-0.5 canvas
 
