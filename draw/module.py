@@ -8,6 +8,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 
+from draw.config import SCHEDULES
 from draw.errors import UserError
 from draw.model import DRAW, DRAWConfig, iw_nll
 
@@ -50,7 +51,7 @@ def lr_schedule(optimizer, scheduler: dict, total_steps: int) -> Optional[dict]:
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=scheduler["factor"], patience=scheduler["patience"])
         # strict=False: a run without validation (limit_val_batches=0) keeps its lr, with Lightning's warning
         return {"scheduler": plateau, "interval": "epoch", "monitor": "val/nll", "strict": False}
-    raise UserError(f"scheduler.name={name!r} is not a schedule: use none, cosine, onecycle or plateau")
+    raise UserError(f"scheduler.name={name!r} is not a schedule: use one of {', '.join(SCHEDULES)}")
 
 
 class DRAWModule(pl.LightningModule):
