@@ -22,11 +22,18 @@ def check_binarization(mode: str, key: str = "binarization") -> str:
 
 
 def load_mnist(data_dir: str, train: bool) -> torch.Tensor:
-    """The uint8 images (N, 28, 28) of torchvision's MNIST under data_dir, downloaded there if absent."""
+    """The uint8 images (N, 28, 28) of torchvision's MNIST under data_dir, downloaded there if absent.
+    A failed download leaves no folder behind that was not there before."""
+    raw = Path(data_dir).resolve() / "MNIST" / "raw"
+    before = [folder for folder in (raw, *raw.parents) if not folder.exists()]
     try:
         return MNIST(data_dir, train=train, download=True).data
     except (RuntimeError, OSError) as e:  # no network, or a folder that cannot be written
-        raw = Path(data_dir).resolve() / "MNIST" / "raw"
+        for folder in before:  # innermost first; rmdir refuses a folder that holds anything
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise MNISTNotFoundError(
             f"MNIST is not in {raw} and could not be downloaded ({type(e).__name__}): put train-images-idx3-ubyte, "
             f"train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte there, "
