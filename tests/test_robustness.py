@@ -40,15 +40,18 @@ BAD_VALUES = [
     ("scheduler.name=linear", "scheduler.name='linear'", "none, cosine, onecycle, plateau"),
     ("kl_warmup_steps=-1", "kl_warmup_steps=-1", "integer >= 0"),
     ("optim.weight_decay=-1", "optim.weight_decay=-1", ">= 0"),
+    ("checkpoint_every_minutes=-5", "checkpoint_every_minutes=-5", "a number >= 0"),
+    ("trainer.max_epochs=-1 scheduler=cosine", "trainer.max_epochs=-1", "with scheduler=cosine"),
 ]
 
 
 @pytest.mark.parametrize("override,named,allowed", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
 def test_bad_value_is_one_line_before_any_work(override, named, allowed, tiny_mnist, tmp_path):
-    proc = run_script("train.py", tmp_path, override, f"data.data_dir={tiny_mnist}", f"hydra.run.dir={tmp_path}/run", check=False)
+    proc = run_script("train.py", tmp_path, *override.split(), f"data.data_dir={tiny_mnist}", f"hydra.run.dir={tmp_path}/run", check=False)
     assert_one_line_error(proc, named, allowed)
-    # Nothing written but Hydra's record of the run and its log.
+    # Nothing written but Hydra's record of the run and its log, which has the error line too.
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "train.log"]
+    assert (tmp_path / "run" / "train.log").read_text().strip().endswith(proc.stderr.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -76,6 +79,7 @@ def test_data_folder_without_mnist_says_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # refused at once: no network wait
     with pytest.raises(UserError, match=r"MNIST is not in .*MNIST/raw.*put train-images-idx3-ubyte"):
         train(compose_config(f"data.data_dir={tmp_path}/empty"), str(tmp_path / "run"))
+    assert not (tmp_path / "empty").exists()  # the failed lookup left no empty MNIST/raw folders behind
 
 
 @pytest.mark.parametrize("problem", ["missing", "not a checkpoint", "truncated", "other sizes"])
@@ -118,20 +122,30 @@ def test_killed_run_resumes_to_the_same_number_of_steps(tiny_mnist, tmp_path):
     assert (metrics["epochs"], metrics["steps"]) == (30, 300)  # as an uninterrupted run: 30 epochs of 10 steps
 
 
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopped_run_saves_says_how_to_resume_and_resumes_to_the_same_steps(signum, tiny_mnist, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), f"data.data_dir={tiny_mnist}", *TINY_RUN,
-                             "trainer.max_epochs=1000", f"hydra.run.dir={run}"],
+    # last.ckpt every 7 steps: its first appearance says training is under way (a condition, not a sleep)
+    overrides = [f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=30", "checkpoint_every_n_steps=7"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run}"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = run / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
-    while not (run / "tensorboard").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # well into training
-    proc.send_signal(signal.SIGINT)
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signum)
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert "resume with: python train.py" in output and f"ckpt_path={run}/checkpoints/last.ckpt" in output
-    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] > 0
+    # A scheduler must not read a stopped run as finished: Lightning's 1 after Ctrl-C, 128 + 15 after SIGTERM.
+    assert proc.returncode == {signal.SIGINT: 1, signal.SIGTERM: 143}[signum], output[-2000:]
+    resume = f"resume with: python train.py {' '.join(overrides)} hydra.run.dir={run} ckpt_path={last}"
+    assert f"interrupted: saved {last}" in output and resume in output, output[-2000:]
+    stopped_at = read_checkpoint(last)["global_step"]
+    assert 0 < stopped_at < 300, "the run finished before it could be stopped"
+
+    run_script("train.py", tmp_path, *resume.removeprefix("resume with: python train.py ").split())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["epochs"], metrics["steps"]) == (30, 300)  # as an uninterrupted run: 30 epochs of 10 steps
+    assert "interrupted: saved" in (run / "train.log").read_text()  # the project's lines reach train.log
 
 
 class Poison(Callback):
