@@ -1,0 +1,28 @@
+"""What a newcomer types first: the help pages, and trainer.max_epochs=-1."""
+import json
+
+import pytest
+
+from conftest import ROOT, TINY_RUN, run_script
+
+
+@pytest.mark.parametrize("script,says,lists", [
+    ("train.py", "Train DRAW", ["attention", "none | read | write | read_write", "experiment", "Examples:"]),
+    ("sample.py", "Watch a trained DRAW draw", ["mode", "prior (default", "reconstruct", "data.data_dir", "Examples:"]),
+])
+def test_each_script_has_its_own_help_page(script, says, lists, tmp_path):
+    page = run_script(script, tmp_path, "--help").stdout
+    assert page.startswith(says) and all(item in page for item in lists), page
+    if script == "sample.py":
+        assert "experiment" not in page  # train.py's groups are not sample.py's
+    else:  # the page is written by hand: every group and option in conf/ must be on it
+        for group in (p for p in (ROOT / "conf").iterdir() if p.is_dir() and p.name != "hydra"):
+            assert f"\n  {group.name} " in page, group.name
+            assert all(option.stem in page for option in group.glob("*.yaml")), group.name
+
+
+def test_max_epochs_minus_one_trains_until_another_limit_stops_it(tiny_mnist, tmp_path):
+    run = tmp_path / "run"
+    run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=-1",
+               "+trainer.max_steps=25", f"hydra.run.dir={run}")
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 25
