@@ -1,5 +1,6 @@
 """Watch a trained DRAW draw: prior samples or reconstructions as a grid, a step picture, a GIF and the raw
 canvases. What sample.py runs, importable so tests can call it in-process."""
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def sample(cfg: DictConfig, output_dir: str) -> Path:
             canvases, write_windows = model.sample(cfg.n, T=cfg.T)  # (T, n, H, W)
             read_windows = []
         else:
-            originals = test_images(cfg.data_dir, cfg.n).to(cfg.device)  # (n, H, W)
+            originals = test_images(cfg.data.data_dir, cfg.n).to(cfg.device)  # (n, H, W)
             trace = model(originals, record=True, T=cfg.T)
             canvases = torch.sigmoid(torch.stack(trace.canvases)).view(-1, len(originals), H, W)
             read_windows, write_windows = trace.read_windows, trace.write_windows
@@ -84,5 +85,5 @@ def sample(cfg: DictConfig, output_dir: str) -> Path:
     if originals is not None:
         arrays["originals"] = originals.numpy().astype(np.float32)
     np.savez_compressed(out / "canvases.npz", **arrays)
-    print(f"{cfg.mode}: {n} images over {len(canvases)} steps written to {out}")
+    logging.getLogger("draw").info(f"{cfg.mode}: {n} images over {len(canvases)} steps written to {out}")
     return out

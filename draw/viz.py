@@ -56,7 +56,7 @@ def draw_window(draw: ImageDraw.ImageDraw, window: AttentionWindow, i: int, N: i
     clip = lambda v, size: min(max(v, 0.0), size) * scale  # noqa: E731
     box = [x0 + clip(cx - half, W), y0 + clip(cy - half, H), x0 + clip(cx + half, W) - 1, y0 + clip(cy + half, H) - 1]
     if box[2] > box[0] and box[3] > box[1]:  # a window wholly off the image is not drawn
-        draw.rectangle(box, outline=colour, width=max(1, scale // 2))
+        draw.rectangle(box, outline=colour, width=max(2, scale // 2))  # 1 px is lost at a GIF's size
 
 
 def frames(
@@ -70,9 +70,12 @@ def frames(
 ) -> list:
     """canvases (T, n, H, W) -> T PIL frames, each a grid of the n canvases at that step, enlarged `scale`
     times; windows given are drawn as boxes (read red, write green). `extra` (n, H, W) sits beside each
-    canvas (the originals of a reconstruction)."""
+    canvas (the originals of a reconstruction), and the read boxes are drawn on it too: a read looks at the
+    image and the canvas's error alike."""
     T, n, H, W = canvases.shape
     per_image = 1 if extra is None else 2
+    canvas_cells = [[(i + 1) * per_image - 1] for i in range(n)]
+    image_cells = [list(range(i * per_image, (i + 1) * per_image)) for i in range(n)]  # the original's too
     result = []
     for t in range(T):
         cells, nrow = layout(canvases[t], extra)
@@ -80,14 +83,15 @@ def frames(
         if scale > 1:
             image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
         draw = ImageDraw.Draw(image)
-        for windows, N, colour in ((read_windows, read_n, READ_COLOUR), (write_windows, write_n, WRITE_COLOUR)):
+        for windows, N, colour, cells_of in ((read_windows, read_n, READ_COLOUR, image_cells),
+                                             (write_windows, write_n, WRITE_COLOUR, canvas_cells)):
             window = windows[t] if t < len(windows) else None
             if window is None:
                 continue
             for i in range(n):
-                cell = i * per_image + per_image - 1  # the canvas's cell, not the original's
-                x0, y0 = scale * (PAD + (cell % nrow) * (W + PAD)), scale * (PAD + (cell // nrow) * (H + PAD))
-                draw_window(draw, window, i, N, (x0, y0, W, H), scale, colour)
+                for cell in cells_of[i]:
+                    x0, y0 = scale * (PAD + (cell % nrow) * (W + PAD)), scale * (PAD + (cell // nrow) * (H + PAD))
+                    draw_window(draw, window, i, N, (x0, y0, W, H), scale, colour)
         result.append(image)
     return result
 

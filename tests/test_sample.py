@@ -38,8 +38,8 @@ def test_prior_sampling_writes_every_file(prior_samples):
 def test_gif_has_one_frame_per_step_of_the_grid_size(prior_samples):
     frames = gif_frames(prior_samples / "samples.gif")
     assert len(frames) == 5
-    # 6 samples on a 3 x 2 grid of 28-pixel cells with 2-pixel gaps, enlarged twice (scale=2)
-    assert frames[0].size == (2 * (3 * 30 + 2), 2 * (2 * 30 + 2))
+    # 6 samples on a 3 x 2 grid of 28-pixel cells with 2-pixel gaps, enlarged 3 times (the default scale=3)
+    assert frames[0].size == (3 * (3 * 30 + 2), 3 * (2 * 30 + 2))
 
 
 def test_canvases_npz_has_stated_shapes_and_probabilities(prior_samples):
@@ -62,7 +62,7 @@ def test_last_canvas_is_samples_png(prior_samples):
 def test_reconstruction_with_boxes(trained_run, tiny_mnist, tmp_path):
     _, run, _ = trained_run
     cfg = sample_config(f"ckpt_path={run}/checkpoints/last.ckpt", "mode=reconstruct", "boxes=true", "n=4",
-                        f"data_dir={tiny_mnist}", "scale=3")
+                        f"data.data_dir={tiny_mnist}", "scale=3")
     sample(cfg, str(tmp_path))
     data = np.load(tmp_path / "canvases.npz")
     assert data["canvases"].shape == (3, 4, 28, 28) and data["originals"].shape == (4, 28, 28)
@@ -74,6 +74,10 @@ def test_reconstruction_with_boxes(trained_run, tiny_mnist, tmp_path):
     assert viz.READ_COLOUR in colours and viz.WRITE_COLOUR in colours
     # Each original sits beside its reconstruction: twice the columns of a plain grid.
     assert frames[0].shape[1] == 3 * (2 * 2 * 30 + 2)
+    # The read box is on the original (first cell) as well as on the canvas; the write box on the canvas only.
+    first_original = frames[-1][: 3 * 32, : 3 * 32].reshape(-1, 3)
+    first_colours = {tuple(c) for c in first_original}
+    assert viz.READ_COLOUR in first_colours and viz.WRITE_COLOUR not in first_colours
 
 
 def test_missing_checkpoint_is_one_line_and_exit_status_2(tmp_path):
