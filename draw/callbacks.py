@@ -1,10 +1,11 @@
-"""Lightning callbacks: TensorBoard pictures of the model learning to draw, training throughput, Ctrl-C."""
+"""Lightning callbacks: TensorBoard pictures of the model learning to draw, training throughput, Ctrl-C and SIGTERM."""
+import logging
 import time
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from draw import viz
 
@@ -79,12 +80,14 @@ class TrainThroughput(pl.Callback):
 
 
 class SaveOnInterrupt(pl.Callback):
-    """Ctrl-C during fit: save a checkpoint and say how to resume (Lightning then exits)."""
+    """Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes, systemd and `timeout` send) during fit: save a
+    checkpoint at the current step and say how to resume. Lightning then exits."""
 
     def __init__(self, path, resume_command: str):
         self.path, self.resume_command = path, resume_command
 
     def on_exception(self, trainer, module, exception):
-        if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == "fit":
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == "fit":
             trainer.save_checkpoint(self.path)
-            rank_zero_info(f"interrupted: saved {self.path}\nresume with: {self.resume_command}")
+            if trainer.is_global_zero:
+                logging.getLogger("draw").info(f"interrupted: saved {self.path}\nresume with: {self.resume_command}")

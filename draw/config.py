@@ -74,10 +74,17 @@ def validate_train_config(cfg: DictConfig) -> None:
         require(_is_number(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
     require(cfg.scheduler.name in SCHEDULES, "scheduler.name", cfg.scheduler.name, f"one of {', '.join(SCHEDULES)}")
     require_int("kl_warmup_steps", cfg.kl_warmup_steps, 0)
-    require_int("trainer.max_epochs", cfg.trainer.max_epochs, 1)
+    if cfg.trainer.max_epochs != -1:  # -1: Lightning's "until stopped" (Ctrl-C, SIGTERM, max_steps, max_time)
+        require(_is_int(cfg.trainer.max_epochs) and cfg.trainer.max_epochs >= 1, "trainer.max_epochs",
+                cfg.trainer.max_epochs, "an integer >= 1, or -1: until stopped")
+    elif cfg.scheduler.name in ("cosine", "onecycle") and cfg.trainer.get("max_steps", -1) == -1:
+        require(False, "trainer.max_epochs", -1, f"a number of epochs >= 1 with scheduler={cfg.scheduler.name}, whose lr "
+                "falls over the whole run (or set +trainer.max_steps)")
     check_accelerator("trainer.accelerator", cfg.trainer.accelerator)
     require_int("eval.iw_samples", cfg.eval.iw_samples, 0)
     require_int("checkpoint_every_n_steps", cfg.checkpoint_every_n_steps, 0)
+    require(_is_number(cfg.checkpoint_every_minutes) and cfg.checkpoint_every_minutes >= 0, "checkpoint_every_minutes",
+            cfg.checkpoint_every_minutes, "a number >= 0 (0: off)")
     require_int("max_nonfinite_steps", cfg.max_nonfinite_steps, 1)
     require_int("seed", cfg.seed, 0)
     require(isinstance(cfg.compile, bool), "compile", cfg.compile, "true or false")

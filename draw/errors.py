@@ -1,4 +1,5 @@
 import functools
+import logging
 import os
 import sys
 
@@ -12,6 +13,11 @@ def exit_with(error: UserError):
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise error
     print(f"error: {error}", file=sys.stderr)
+    # Into the run's log file too (Hydra's file handler), without a second line on the terminal.
+    record = logging.LogRecord("draw", logging.ERROR, __file__, 0, f"error: {error}", None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
     sys.exit(2)
 
 

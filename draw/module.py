@@ -107,6 +107,10 @@ class DRAWModule(pl.LightningModule):
             return None  # Lightning then skips backward, and the optimizer finds no gradients
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # Every step, 0 included: a flat line at 0 says as much as a rise would.
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clipping measures the gradient's norm anyway: a non-finite norm is a non-finite gradient, and that
         step is skipped. Lightning calls this on every step, with or without a clip value."""
@@ -128,7 +132,6 @@ class DRAWModule(pl.LightningModule):
     def _skip(self, what: str):
         self.skipped_steps += 1
         self._nonfinite_in_a_row += 1
-        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
         if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
             path = Path(self.trainer.default_root_dir) / "checkpoints" / "before_nonfinite.ckpt"
             self.trainer.save_checkpoint(path)

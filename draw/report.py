@@ -5,6 +5,7 @@ Written by a Hydra callback when a multirun ends, or by hand on any sweep folder
 """
 import csv
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -12,6 +13,9 @@ from pathlib import Path
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+# TensorBoard's event reader logs every file it opens ("Directory watcher advancing ...") at INFO.
+logging.getLogger("tensorboard").setLevel(logging.WARNING)
 
 COLUMNS = ["job", "overrides", "test/nll", "test/iw_nll", "test/lx", "test/lz", "best val/nll", "params", "epochs",
            "steps", "wall_time_s", "train_images_per_s", "status"]

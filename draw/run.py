@@ -1,6 +1,10 @@
 """Training and evaluation from a composed Hydra config: what train.py runs, importable so tests can call it."""
 import json
+import logging
+import signal
 import time
+import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
@@ -10,14 +14,25 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from draw.callbacks import DrawingImages, SaveOnInterrupt, TrainThroughput
 from draw.config import check_same_model, read_checkpoint, validate_train_config
 from draw.errors import UserError
 from draw.module import DRAWModule
 
+# The project's own lines (output folder, resume command, results): on the terminal and, through Hydra's
+# file handler (conf/hydra/job_logging/draw.yaml), in the run folder's train.log.
+log = logging.getLogger("draw")
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def silence_what_is_not_the_users_business() -> None:
+    """Lines every run would print that say nothing about this run: Lightning's advert for its cloud logger
+    and a deprecation inside Lightning's own code."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "config", **kwargs) -> DictConfig:
@@ -51,6 +66,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> di
     """Fit on train/val (unless train=false), then evaluate the best checkpoint on the test set (fixed
     binarization). Everything written goes under output_dir; metrics.json sums the run up."""
     started = time.perf_counter()
+    silence_what_is_not_the_users_business()
     validate_train_config(cfg)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path)
     if ckpt_path:
@@ -70,14 +86,20 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> di
         monitor="val/nll",
         mode="min",
     )
-    # last.ckpt, overwritten: at every epoch's end, and every checkpoint_every_n_steps steps when that is > 0
-    # (a second ModelCheckpoint: one takes steps or epochs, and with steps alone an epoch's end is missed).
-    last = [ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False)]
+    # last.ckpt, overwritten: at every epoch's end, every checkpoint_every_n_steps steps and every
+    # checkpoint_every_minutes minutes of training when those are > 0 (one ModelCheckpoint each: one
+    # takes epochs, steps or a time interval, not several).
+    last_every = [{}]
     if cfg.checkpoint_every_n_steps:
-        last.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False,
-                                    every_n_train_steps=cfg.checkpoint_every_n_steps))
-    resume_command = " ".join(["python train.py", *(o for o in overrides if not o.startswith("ckpt_path=")),
-                               f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
+        last_every.append({"every_n_train_steps": cfg.checkpoint_every_n_steps})
+    if cfg.checkpoint_every_minutes:
+        last_every.append({"train_time_interval": timedelta(minutes=cfg.checkpoint_every_minutes)})
+    last = [ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False, **every)
+            for every in last_every]
+    # Resuming in the same folder keeps one TensorBoard history and one checkpoints/ folder.
+    resume_command = " ".join(["python train.py",
+                               *(o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))),
+                               f"hydra.run.dir={out}", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
     throughput = TrainThroughput()
     callbacks = [best, *last, throughput, DrawingImages(), SaveOnInterrupt(out / "checkpoints" / "last.ckpt", resume_command)]
     if cfg.trainer.enable_progress_bar:
@@ -92,14 +114,24 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> di
         module = build_module(cfg)
     else:
         module = DRAWModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    if trainer.is_global_zero:
+        m = module.model.cfg
+        windows = lambda on, n: f"{n}x{n}" if on else "none"  # noqa: E731
+        log.info(f"model: DRAW, {sum(p.numel() for p in module.parameters()):,} parameters (T={m.T}, z {m.z_size}, "
+                 f"LSTMs {m.enc_size}/{m.dec_size}, read {windows(m.read_attention, m.read_n)}, "
+                 f"write {windows(m.write_attention, m.write_n)})")
     if cfg.compile:
         module.model.compile_steps(cfg.compile_steps_per_call)
     module.max_nonfinite_steps = cfg.max_nonfinite_steps
     evaluated = None  # None: test the weights as they are
     if cfg.train:
         if trainer.is_global_zero:
-            print(f"outputs: {out}\nif this run dies, resume it with: {resume_command}")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            log.info(f"outputs: {out}\nif this run dies, resume it with: {resume_command}")
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:
+            # Lightning ends a SIGTERM-ed fit with exit status 0; a scheduler must not read it as done.
+            raise SystemExit(128 + signal.SIGTERM) from None
         evaluated = best.best_model_path or None  # no best when no validation ran
     module.iw_samples = cfg.eval.iw_samples
     results = trainer.test(module, datamodule=datamodule, ckpt_path=evaluated)
@@ -121,6 +153,6 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> di
         line = f"test NLL bound: {metrics['test/nll']:.2f} nats per image (Lx {metrics['test/lx']:.2f} + Lz {metrics['test/lz']:.2f})"
         if cfg.eval.iw_samples:
             line += f"; importance-weighted bound, K={cfg.eval.iw_samples}: {metrics['test/iw_nll']:.2f}"
-        print(line)
-        print(f"outputs: {out}")
+        log.info(line)
+        log.info(f"outputs: {out}")
     return metrics

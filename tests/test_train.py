@@ -54,7 +54,12 @@ def test_train_runs_end_to_end_and_leaves_the_working_folder_alone(trained_run):
 
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
-    assert "val/nll" in events.Tags()["scalars"] and "hp_metric" not in events.Tags()["scalars"]  # not Lightning's -1
+    scalars = events.Tags()["scalars"]
+    assert "val/nll" in scalars and "hp_metric" not in scalars  # not Lightning's -1
+    assert {e.value for e in events.Scalars("train/skipped_steps")} == {0.0}  # logged even when nothing is skipped
+    # The project's own lines land in train.log as well as on the terminal.
+    log = (run / "train.log").read_text()
+    assert "if this run dies, resume it with: python train.py" in log and "test NLL bound:" in log
     nll = float(stdout.split("test NLL bound: ")[1].split()[0])
     assert nll < 543.4  # 784 ln 2: better than the untrained, all-0.5 canvas
 
