@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 logging.getLogger("tensorboard").setLevel(logging.WARNING)
 
 COLUMNS = ["job", "overrides", "test/nll", "test/iw_nll", "test/lx", "test/lz", "best val/nll", "params", "epochs",
-           "steps", "wall_time_s", "train_images_per_s", "status"]
+           "steps", "wall_time_s", "train_images_per_s", "status", "reason"]
 
 
 def job_dirs(sweep_dir: Path) -> list:
@@ -30,29 +30,38 @@ def val_curve(job_dir: Path) -> list:
     that validation ran (at an epoch's end: the epochs trained)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    if not (job_dir / "tensorboard").is_dir():  # a job that failed before training, or was killed at its start
+        return []
     events = EventAccumulator(str(job_dir / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     if "val/nll" not in events.Tags()["scalars"]:
         return []
-    epochs = {e.step: int(e.value) + 1 for e in events.Scalars("epoch")}
+    epochs = {e.step: int(e.value) + 1 for e in events.Scalars("epoch")} if "epoch" in events.Tags()["scalars"] else {}
     return [(e.step, epochs.get(e.step), e.value) for e in events.Scalars("val/nll")]
 
 
+def _read(path: Path, load, default):
+    """A job's file, or `default` where it is missing or half-written (a job killed while writing it)."""
+    try:
+        return load(path.read_text()) or default
+    except (OSError, ValueError, yaml.YAMLError):
+        return default
+
+
 def collect(sweep_dir: Path) -> list:
-    """One row per job, sorted by test NLL (unfinished jobs last), with its validation curve."""
-    jobs = [(d, yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text()) or []) for d in job_dirs(sweep_dir)]
+    """One row per job, sorted by test NLL (unfinished and failed jobs last), with its validation curve."""
+    jobs = [(d, _read(d / ".hydra" / "overrides.yaml", yaml.safe_load, [])) for d in job_dirs(sweep_dir)]
     # Label each job by the overrides that differ between jobs: what the sweep compares.
     shared = set.intersection(*(set(o) for _, o in jobs)) if len(jobs) > 1 else set()
     rows = []
     for job_dir, overrides in jobs:
-        metrics_file = job_dir / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        metrics = _read(job_dir / "metrics.json", json.loads, {})
         curve = val_curve(job_dir)
         row = {column: metrics.get(column) for column in COLUMNS}
         row.update(
             job=job_dir.name,
             overrides=" ".join(o for o in overrides if o not in shared) or " ".join(overrides) or "(defaults)",
-            status="finished" if metrics else "unfinished",
+            status=metrics.get("status", "completed" if metrics else "unfinished"),
             curve=curve,
         )
         row["best val/nll"] = min((v for *_, v in curve), default=None)
@@ -104,7 +113,7 @@ def plot_curves(rows: list, path: Path) -> None:
     for row in rows:
         if row["curve"]:
             steps, epochs, values = zip(*row["curve"])
-            ax.plot(epochs if by_epoch else steps, values, marker="o", markersize=3, label=f"{row['job']}: {row['overrides']}")
+            ax.plot(epochs if by_epoch else steps, values, marker="o", markersize=3, label=row["overrides"])
     ax.set_xlabel("epoch" if by_epoch else "optimizer step")
     ax.set_ylabel("validation NLL bound (nats per image)")
     ax.grid(alpha=0.3)
@@ -121,6 +130,11 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         rows = write_summary(config.hydra.sweep.dir)
         print(f"sweep summary ({len(rows)} jobs): {Path(config.hydra.sweep.dir) / 'summary.md'}")
+        failed = [row for row in rows if row["status"] == "failed"]
+        if failed:  # the sweep ran every job, but a script must not read it as a success
+            print(f"error: {len(failed)} of {len(rows)} jobs failed: " + "; ".join(f"{r['overrides']} ({r['reason']})" for r in failed)
+                  + " (their folders and reasons: summary.md)", file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":

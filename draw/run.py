@@ -1,4 +1,5 @@
 """Training and evaluation from a composed Hydra config: what train.py runs, importable so tests can call it."""
+import hashlib
 import json
 import logging
 import signal
@@ -6,7 +7,7 @@ import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import hydra
 import pytorch_lightning as pl
@@ -26,6 +27,17 @@ from draw.module import DRAWModule
 log = logging.getLogger("draw")
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def job_folder(override_dirname: str) -> str:
+    """A sweep job's folder name (conf/config.yaml's hydra.sweep.subdir): its overrides, "attention=none,model.T=16";
+    "defaults" when it has none; cut and suffixed with a hash beyond 120 characters (file names end at 255)."""
+    if len(override_dirname) > 120:
+        return f"{override_dirname[:100]}...{hashlib.sha1(override_dirname.encode()).hexdigest()[:10]}"
+    return override_dirname or "defaults"
+
+
+OmegaConf.register_new_resolver("job_folder", job_folder, replace=True)
 
 
 def silence_what_is_not_the_users_business() -> None:
@@ -62,7 +74,7 @@ def resolve_ckpt_path(ckpt_path):
     return str(candidates[-1])
 
 
-def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> dict:
+def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resume_command: Optional[str] = None) -> dict:
     """Fit on train/val (unless train=false), then evaluate the best checkpoint on the test set (fixed
     binarization). Everything written goes under output_dir; metrics.json sums the run up."""
     started = time.perf_counter()
@@ -97,9 +109,9 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> di
     last = [ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False, **every)
             for every in last_every]
     # Resuming in the same folder keeps one TensorBoard history and one checkpoints/ folder.
-    resume_command = " ".join(["python train.py",
-                               *(o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))),
-                               f"hydra.run.dir={out}", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
+    resume_command = resume_command or " ".join([
+        "python train.py", *(o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))),
+        f"hydra.run.dir={out}", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
     throughput = TrainThroughput()
     callbacks = [best, *last, throughput, DrawingImages(), SaveOnInterrupt(out / "checkpoints" / "last.ckpt", resume_command)]
     if cfg.trainer.enable_progress_bar:
@@ -147,6 +159,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> di
         "train_images_per_s": throughput.images_per_s if throughput.images else None,
         "checkpoint": str(evaluated or ckpt_path or ""),
         "overrides": list(overrides),
+        "status": "completed",
     }
     if trainer.is_global_zero:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -156,3 +169,55 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = ()) -> di
         log.info(line)
         log.info(f"outputs: {out}")
     return metrics
+
+
+def objective(metrics: dict) -> float:
+    """What a sweeper minimises: the best validation NLL, or the test NLL when nothing was validated."""
+    return metrics["val/nll_best"] if metrics.get("val/nll_best") is not None else metrics["test/nll"]
+
+
+def sweep_job(cfg: DictConfig, output_dir: str, overrides: Sequence[str], sweep_dir: str) -> Optional[float]:
+    """One job of a multirun. A job completed in an earlier run of the sweep (same folder: the folder is named
+    by the job's overrides) is skipped; one that was stopped resumes from its last.ckpt. A job that fails writes
+    metrics.json with status "failed" and its reason and returns None (Optuna then records the trial as failed;
+    NaN would crash its sweeper), so the sweep goes on; a signal (Ctrl-C, SIGTERM) writes status "stopped" and stops the sweep."""
+    out = Path(output_dir)
+    try:
+        earlier = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    if earlier.get("status") == "completed":
+        log.info(f"{out.name}: completed in an earlier run of this sweep, skipped")
+        return objective(earlier)
+    last = out / "checkpoints" / "last.ckpt"
+    if cfg.train and cfg.ckpt_path is None and last.is_file():
+        log.info(f"{out.name}: resuming from {last}")
+        cfg.ckpt_path = str(last)
+    argv = _sweep_arguments(Path(sweep_dir)) or list(overrides)
+    resume_command = " ".join(["python train.py -m", *argv, f"hydra.sweep.dir={sweep_dir}"])
+    try:
+        return objective(train(cfg, output_dir, overrides, resume_command))
+    except (KeyboardInterrupt, SystemExit) as e:
+        _write_status(out, "stopped", f"stopped by a signal; resume with: {resume_command}", overrides)
+        raise e
+    except Exception as e:  # noqa: BLE001: any failure of one job is recorded, and the sweep goes on
+        reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, UserError):
+            log.exception(f"{out.name} failed")  # the traceback goes to the job's train.log
+        log.error(f"error: {out.name}: {reason}")
+        _write_status(out, "failed", reason, overrides)
+        return None
+
+
+def _sweep_arguments(sweep_dir: Path) -> list:
+    """The overrides the sweep was started with (its comma-separated lists), from Hydra's multirun.yaml."""
+    try:
+        saved = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task
+    except Exception:  # noqa: BLE001: not written by every sweeper; the job's own overrides then stand in
+        return []
+    return [o for o in saved if not o.startswith("hydra.sweep.dir=")]
+
+
+def _write_status(out: Path, status: str, reason: str, overrides: Sequence[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"status": status, "reason": reason, "overrides": list(overrides)}, indent=2) + "\n")

@@ -81,6 +81,12 @@ def trained_run(tiny_mnist, tmp_path_factory):
     return cwd, run, proc.stdout
 
 
+def job_folder(sweep: Path, override: str) -> Path:
+    """The one job folder of a sweep whose overrides include `override` (folders are named by overrides)."""
+    (folder,) = [p for p in sweep.iterdir() if p.is_dir() and override in p.name.split(",")]
+    return folder
+
+
 def compose_config(*overrides):
     """train.py's config with these overrides."""
     return _compose(overrides)

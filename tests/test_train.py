@@ -5,7 +5,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import ROOT, TINY_RUN, compose_config, run_script
+from conftest import ROOT, TINY_RUN, compose_config, job_folder, run_script
 from draw.module import DRAWModule
 from draw.report import val_curve, write_summary
 from draw.run import build_module
@@ -116,27 +116,28 @@ def test_two_job_sweep_writes_its_summary(tiny_mnist, tmp_path):
     proc = run_script("train.py", tmp_path, "-m", "attention=none,read_write", f"data.data_dir={tiny_mnist}", *TINY_RUN,
                       f"hydra.sweep.dir={sweep}")
     assert proc.stdout.count("test NLL bound:") == 2
-    for job in ("0", "1"):
-        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
-    assert torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["model"]["read_attention"] is False
+    none, read_write = job_folder(sweep, "attention=none"), job_folder(sweep, "attention=read_write")
+    for job in (none, read_write):
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+    assert torch.load(none / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["model"]["read_attention"] is False
 
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["overrides"] for r in rows) == ["attention=none", "attention=read_write"]
     nlls = [float(r["test/nll"]) for r in rows]
-    assert nlls == sorted(nlls) and all(r["status"] == "finished" for r in rows)
+    assert nlls == sorted(nlls) and all(r["status"] == "completed" for r in rows)
     assert "| attention=read_write |" in (sweep / "summary.md").read_text()
     assert (sweep / "curves.png").stat().st_size > 0
     # One validation an epoch: the curves compare jobs at equal epochs (10 steps each).
-    assert [(step, epoch) for step, epoch, _ in val_curve(sweep / "0")] == [(9, 1), (19, 2)]
+    assert [(step, epoch) for step, epoch, _ in val_curve(none)] == [(9, 1), (19, 2)]
 
     # The report command rebuilds it all from the folder alone, also for a job that never finished.
     summary_md = (sweep / "summary.md").read_text()
     for name in ("summary.md", "summary.csv", "curves.png"):
         (sweep / name).unlink()
-    (sweep / "1" / "metrics.json").unlink()
+    (read_write / "metrics.json").unlink()
     rows = write_summary(sweep)
-    assert [r["status"] for r in rows] == ["finished", "unfinished"]
+    assert [r["status"] for r in rows] == ["completed", "unfinished"]
     assert rows[1]["best val/nll"] is not None and (sweep / "curves.png").is_file()
     assert summary_md.splitlines()[:6] == (sweep / "summary.md").read_text().splitlines()[:6]
 

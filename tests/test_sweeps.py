@@ -1,0 +1,96 @@
+"""Sweeps that survive: a failed job never ends the sweep, a killed sweep resumes, a search outlives a kill."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, TINY_RUN, job_folder, run_script
+from draw.report import write_summary
+
+TINY_SWEEP = [o for o in TINY_RUN if not o.startswith("model.T=")]
+
+
+def test_a_failed_job_is_recorded_and_the_others_run(tiny_mnist, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_script("train.py", tmp_path, "-m", "model.T=2,0,3", f"data.data_dir={tiny_mnist}", *TINY_SWEEP,
+                      "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", check=False)
+    statuses = {T: json.loads((job_folder(sweep, f"model.T={T}") / "metrics.json").read_text()) for T in (2, 0, 3)}
+    assert statuses[2]["status"] == statuses[3]["status"] == "completed"
+    assert statuses[0]["status"] == "failed" and "model.T=0 is not allowed" in statuses[0]["reason"]
+    # The sweep ran to its summary, then said which job failed and exited non-zero.
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of 3 jobs failed: model.T=0 (model.T=0 is not allowed"), last
+    assert [r["status"] for r in write_summary(sweep)] == ["completed", "completed", "failed"]
+
+
+def test_killed_sweep_reruns_into_the_same_folder(tiny_mnist, tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, str(ROOT / "train.py"), "-m", "attention=none,write", f"data.data_dir={tiny_mnist}",
+               *TINY_SWEEP, "model.T=3", "trainer.max_epochs=30", "checkpoint_every_n_steps=5", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list(sweep.glob("attention=write*/checkpoints/last.ckpt")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole sweep, mid-job, as a pre-empted node would
+    proc.wait()
+    first = job_folder(sweep, "attention=none")
+    finished_before = json.loads((first / "metrics.json").read_text())
+    assert not (job_folder(sweep, "attention=write") / "metrics.json").exists(), "the second job finished before the kill"
+
+    rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "completed in an earlier run of this sweep, skipped" in rerun.stdout
+    # The line a sweep job prints is the sweep's own command, into the same folder.
+    assert f"resume it with: python train.py -m attention=none,write data.data_dir={tiny_mnist}" in rerun.stdout
+    assert f"hydra.sweep.dir={sweep}\n" in rerun.stdout
+    assert json.loads((first / "metrics.json").read_text()) == finished_before  # not run again
+    resumed = json.loads((job_folder(sweep, "attention=write") / "metrics.json").read_text())
+    assert (resumed["status"], resumed["epochs"], resumed["steps"]) == ("completed", 30, 300)  # as if never killed
+    rows = write_summary(sweep)
+    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
+
+
+@pytest.mark.slow
+def test_optuna_study_in_sqlite_continues_after_a_rerun(tiny_mnist, tmp_path):
+    storage = f"sqlite:///{tmp_path}/search.db"
+    for run in (1, 2):
+        run_script("train.py", tmp_path, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                   f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=draw", f"data.data_dir={tiny_mnist}",
+                   *TINY_RUN, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}/search{run}")
+    import optuna
+
+    study = optuna.load_study(study_name="draw", storage=storage)
+    assert len(study.trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_optuna_records_a_failed_trial_and_goes_on(tiny_mnist, tmp_path):
+    storage = f"sqlite:///{tmp_path}/search.db"
+    # Every trial fails (T=0); the search records each as failed rather than crashing on the first.
+    proc = run_script("train.py", tmp_path, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                      f"hydra.sweeper.storage={storage}", f"data.data_dir={tiny_mnist}", *TINY_SWEEP, "model.T=0",
+                      "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}/search", check=False)
+    import optuna
+
+    study = optuna.load_study(study_name="draw", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2, proc.stderr[-2000:]
+
+
+def test_report_survives_empty_half_written_and_failed_job_folders(tiny_mnist, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_script("train.py", tmp_path, "-m", "attention=none", f"data.data_dir={tiny_mnist}", *TINY_RUN,
+               "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
+    for name, metrics in (("empty", None), ("half", '{"test/nll": 1'), ("failed", '{"status": "failed", "reason": "boom"}')):
+        (sweep / name / ".hydra").mkdir(parents=True)
+        (sweep / name / ".hydra" / "overrides.yaml").write_text("- model.T: [" if name == "half" else f"- job={name}\n")
+        if metrics:
+            (sweep / name / "metrics.json").write_text(metrics)
+    (sweep / "half" / "tensorboard").mkdir()  # a logger folder with no events yet
+    rows = {r["job"]: r for r in write_summary(sweep)}
+    assert rows["empty"]["status"] == rows["half"]["status"] == "unfinished"
+    assert (rows["failed"]["status"], rows["failed"]["reason"]) == ("failed", "boom")
+    assert "| failed |" in (sweep / "summary.md").read_text()
