@@ -4,6 +4,7 @@ import time
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -91,3 +92,13 @@ class SaveOnInterrupt(pl.Callback):
             trainer.save_checkpoint(self.path)
             if trainer.is_global_zero:
                 logging.getLogger("draw").info(f"interrupted: saved {self.path}\nresume with: {self.resume_command}")
+
+
+class MidEpochCheckpoint(ModelCheckpoint):
+    """A checkpoint every N steps or minutes, but never at an epoch's last batch: Lightning resumes a checkpoint
+    taken there (after the epoch's training, before its validation) into the next epoch, so that epoch's
+    validation and best checkpoint would be lost. The end-of-epoch checkpoint, after validation, covers it."""
+
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            super().on_train_batch_end(trainer, *args, **kwargs)

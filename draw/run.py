@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from draw.callbacks import DrawingImages, SaveOnInterrupt, TrainThroughput
+from draw.callbacks import DrawingImages, MidEpochCheckpoint, SaveOnInterrupt, TrainThroughput
 from draw.config import check_same_model, read_checkpoint, validate_train_config
 from draw.errors import UserError
 from draw.module import DRAWModule
@@ -106,7 +106,8 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
         last_every.append({"every_n_train_steps": cfg.checkpoint_every_n_steps})
     if cfg.checkpoint_every_minutes:
         last_every.append({"train_time_interval": timedelta(minutes=cfg.checkpoint_every_minutes)})
-    last = [ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False, **every)
+    last = [(MidEpochCheckpoint if every else ModelCheckpoint)(dirpath=out / "checkpoints", filename="last",
+                                                               enable_version_counter=False, **every)
             for every in last_every]
     # Resuming in the same folder keeps one TensorBoard history and one checkpoints/ folder.
     resume_command = resume_command or " ".join([

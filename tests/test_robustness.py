@@ -148,6 +148,38 @@ def test_stopped_run_saves_says_how_to_resume_and_resumes_to_the_same_steps(sign
     assert "interrupted: saved" in (run / "train.log").read_text()  # the project's lines reach train.log
 
 
+class StopBeforeValidation(Callback):
+    """Ctrl-C after the epoch's last step, before its validation: where a kill loses the most."""
+
+    def on_validation_start(self, trainer, module):
+        if trainer.global_step == 10 and not trainer.sanity_checking:
+            raise KeyboardInterrupt
+
+
+class Validations(Callback):
+    def __init__(self):
+        self.at_steps = []
+
+    def on_validation_end(self, trainer, module):
+        if not trainer.sanity_checking:
+            self.at_steps.append(trainer.global_step)
+
+
+def test_resume_after_a_kill_between_the_last_step_and_validation_keeps_that_validation(tiny_mnist, tmp_path):
+    from draw.callbacks import MidEpochCheckpoint
+
+    data = lambda: MNISTDataModule(data_dir=str(tiny_mnist), batch_size=20, val_size=40)  # noqa: E731: 10 steps an epoch
+    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    every_5 = MidEpochCheckpoint(dirpath=tmp_path, filename="last", every_n_train_steps=5, enable_version_counter=False)
+    with pytest.raises(SystemExit):  # Lightning's exit after a KeyboardInterrupt
+        Trainer(max_epochs=3, callbacks=[every_5, StopBeforeValidation()], **quiet).fit(tiny_module(), data())
+    assert read_checkpoint(tmp_path / "last.ckpt")["global_step"] == 5  # not 10, the epoch's last batch
+    validations = Validations()
+    trainer = Trainer(max_epochs=3, callbacks=[validations], num_sanity_val_steps=0, **quiet)
+    trainer.fit(tiny_module(), data(), ckpt_path=tmp_path / "last.ckpt", weights_only=True)
+    assert validations.at_steps == [10, 20, 30] and trainer.global_step == 30
+
+
 class Poison(Callback):
     """Makes the loss (a NaN pixel in the batch) or one gradient non-finite at the given batches."""
 
