@@ -1,4 +1,3 @@
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -33,19 +32,21 @@ def test_callback_does_nothing_without_tensorboard(tiny_mnist, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_throughput_leaves_out_the_first_batch_and_validation():
+def test_throughput_leaves_out_the_first_batch_and_validation(monkeypatch):
     """The first batch holds torch.compile's compilation: counting it would report compile time as speed."""
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr("draw.callbacks.time.perf_counter", lambda: clock.now)  # a clock the test moves: no sleeps
     throughput, trainer, batch = TrainThroughput(), SimpleNamespace(world_size=1), [0] * 50
     throughput.on_train_epoch_start(trainer, None)
-    time.sleep(0.5)  # the first batch, compiling
+    clock.now += 30.0  # the first batch, compiling
     throughput.on_train_batch_end(trainer, None, None, batch, 0)
     for i in range(1, 4):
-        time.sleep(0.05)
+        clock.now += 0.05
         throughput.on_train_batch_end(trainer, None, None, batch, i)
     throughput.on_validation_start(trainer, None)
-    time.sleep(0.5)
+    clock.now += 10.0
     throughput.on_validation_end(trainer, None)
-    time.sleep(0.05)
+    clock.now += 0.05
     throughput.on_train_batch_end(trainer, None, None, batch, 4)
     assert throughput.images == 4 * 50
-    assert 0.2 <= throughput.seconds < 0.45  # four batches of 0.05 s, neither 0.5 s pause
+    assert throughput.seconds == pytest.approx(0.2)  # four batches of 0.05 s, neither pause

@@ -116,6 +116,9 @@ def test_two_job_sweep_writes_its_summary(tiny_mnist, tmp_path):
     proc = run_script("train.py", tmp_path, "-m", "attention=none,read_write", f"data.data_dir={tiny_mnist}", *TINY_RUN,
                       f"hydra.sweep.dir={sweep}")
     assert proc.stdout.count("test NLL bound:") == 2
+    assert "Directory watcher" not in proc.stdout + proc.stderr  # TensorBoard's reader chatter while summing up
+    for noise in ("litlogger", "LeafSpec", "FLOPs"):
+        assert noise not in proc.stdout + proc.stderr
     none, read_write = job_folder(sweep, "attention=none"), job_folder(sweep, "attention=read_write")
     for job in (none, read_write):
         assert (job / "checkpoints" / "last.ckpt").is_file()
