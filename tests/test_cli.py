@@ -26,3 +26,10 @@ def test_max_epochs_minus_one_trains_until_another_limit_stops_it(tiny_mnist, tm
     run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=-1",
                "+trainer.max_steps=25", f"hydra.run.dir={run}")
     assert json.loads((run / "metrics.json").read_text())["steps"] == 25
+
+
+def test_debug_fdr_runs_one_batch_of_each_split(tiny_mnist, tmp_path):
+    run = tmp_path / "run"
+    run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "debug=fdr", f"hydra.run.dir={run}")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 1 and metrics["status"] == "completed"

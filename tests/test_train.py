@@ -12,17 +12,19 @@ from draw.run import build_module
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 ATTENTIONS = sorted(p.stem for p in (ROOT / "conf" / "attention").glob("*.yaml"))
+DEBUGS = sorted(p.stem for p in (ROOT / "conf" / "debug").glob("*.yaml"))
 
 
 
-@pytest.mark.parametrize("overrides", [[f"attention={a}"] for a in ATTENTIONS] + [[f"experiment={e}"] for e in EXPERIMENTS])
+@pytest.mark.parametrize("overrides", [[f"attention={a}"] for a in ATTENTIONS] + [[f"experiment={e}"] for e in EXPERIMENTS]
+                         + [[f"debug={d}"] for d in DEBUGS])
 def test_every_config_composes_and_instantiates(overrides):
     cfg = compose_config(*overrides)
     module = build_module(cfg)
     datamodule = instantiate(cfg.data)
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     assert module.model.cfg.T == cfg.model.T and datamodule.hparams.batch_size == cfg.data.batch_size
-    assert trainer.max_epochs == cfg.trainer.max_epochs
+    assert trainer.max_epochs == cfg.trainer.max_epochs or trainer.fast_dev_run
 
 
 def test_experiments_hold_the_paper_and_seed_settings():
