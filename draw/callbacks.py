@@ -1,4 +1,6 @@
-"""Lightning callbacks: TensorBoard pictures of the model learning to draw, training throughput, Ctrl-C and SIGTERM."""
+"""Lightning callbacks: TensorBoard pictures of the model learning to draw, the validation history, training throughput,
+Ctrl-C and SIGTERM."""
+import csv
 import logging
 import time
 
@@ -49,6 +51,26 @@ class DrawingImages(pl.Callback):
             bucket_counts=kl.tolist(),
             global_step=step,
         )
+
+
+class ValidationHistory(pl.Callback):
+    """Appends each validation's metrics (epoch counted from 1, optimizer step, val/*) to a CSV file in the run
+    folder, whatever the logger (or none): sweep summaries and curves are built from it."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        row = {"epoch": trainer.current_epoch + 1, "step": trainer.global_step, **metrics}
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
 
 
 class TrainThroughput(pl.Callback):

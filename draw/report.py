@@ -26,8 +26,19 @@ def job_dirs(sweep_dir: Path) -> list:
 
 
 def val_curve(job_dir: Path) -> list:
-    """(step, epoch, val/nll) triples from the job's TensorBoard events; epoch counts from 1, the epoch in which
+    """(step, epoch, val/nll) triples from the job's validation.csv (every run writes it, whatever its logger),
+    or from its TensorBoard events for runs from before that file; epoch counts from 1, the epoch in which
     that validation ran (at an epoch's end: the epochs trained)."""
+    history = job_dir / "validation.csv"
+    if history.is_file():
+        curve = []
+        with open(history, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    curve.append((int(row["step"]), int(row["epoch"]), float(row["val/nll"])))
+                except (KeyError, TypeError, ValueError):  # a row cut short by a kill
+                    pass
+        return curve
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not (job_dir / "tensorboard").is_dir():  # a job that failed before training, or was killed at its start

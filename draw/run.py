@@ -14,10 +14,9 @@ import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from draw.callbacks import DrawingImages, MidEpochCheckpoint, SaveOnInterrupt, TrainThroughput
+from draw.callbacks import DrawingImages, MidEpochCheckpoint, SaveOnInterrupt, TrainThroughput, ValidationHistory
 from draw.config import check_same_model, read_checkpoint, validate_train_config
 from draw.errors import UserError
 from draw.module import DRAWModule
@@ -62,6 +61,11 @@ def build_module(cfg: DictConfig) -> DRAWModule:
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
     return DRAWModule(model=model_hparams(cfg), optim=plain(cfg.optim), scheduler=plain(cfg.scheduler),
                       kl_warmup_steps=cfg.kl_warmup_steps)
+
+
+def build_loggers(cfg: DictConfig, out: Path) -> list:
+    """The `logger` group's loggers (none, one or several), each writing under the run folder."""
+    return [hydra.utils.instantiate(logger, save_dir=str(out)) for logger in (cfg.get("logger") or {}).values()]
 
 
 def resolve_ckpt_path(ckpt_path):
@@ -114,13 +118,14 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
         "python train.py", *(o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))),
         f"hydra.run.dir={out}", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
     throughput = TrainThroughput()
-    callbacks = [best, *last, throughput, DrawingImages(), SaveOnInterrupt(out / "checkpoints" / "last.ckpt", resume_command)]
+    callbacks = [best, *last, throughput, DrawingImages(), ValidationHistory(out / "validation.csv"),
+                 SaveOnInterrupt(out / "checkpoints" / "last.ckpt", resume_command)]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar())  # Lightning would pick Rich's where rich is installed: one bar everywhere
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         default_root_dir=str(out),
-        logger=TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False),  # no hp_metric = -1
+        logger=build_loggers(cfg, out) or False,
         callbacks=callbacks,
     )
     if cfg.train:

@@ -33,3 +33,17 @@ def test_debug_fdr_runs_one_batch_of_each_split(tiny_mnist, tmp_path):
     run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "debug=fdr", f"hydra.run.dir={run}")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 1 and metrics["status"] == "completed"
+
+
+@pytest.mark.parametrize("logger,writes,leaves_out", [
+    ("csv", ["csv/metrics.csv"], ["tensorboard"]),
+    ("many", ["csv/metrics.csv", "tensorboard"], []),
+    ("none", [], ["csv", "tensorboard"]),
+])
+def test_logger_choice_and_the_validation_history_every_run_keeps(logger, writes, leaves_out, tiny_mnist, tmp_path):
+    run = tmp_path / "run"
+    run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, f"logger={logger}", f"hydra.run.dir={run}")
+    assert all((run / path).exists() for path in writes) and not any((run / path).exists() for path in leaves_out)
+    from draw.report import val_curve
+
+    assert [(step, epoch) for step, epoch, _ in val_curve(run)] == [(10, 1), (20, 2)]

@@ -134,7 +134,7 @@ def test_two_job_sweep_writes_its_summary(tiny_mnist, tmp_path):
     assert "| attention=read_write |" in (sweep / "summary.md").read_text()
     assert (sweep / "curves.png").stat().st_size > 0
     # One validation an epoch: the curves compare jobs at equal epochs (10 steps each).
-    assert [(step, epoch) for step, epoch, _ in val_curve(none)] == [(9, 1), (19, 2)]
+    assert [(step, epoch) for step, epoch, _ in val_curve(none)] == [(10, 1), (20, 2)]
 
     # The report command rebuilds it all from the folder alone, also for a job that never finished.
     summary_md = (sweep / "summary.md").read_text()
