@@ -25,7 +25,13 @@ from draw.module import DRAWModule
 # file handler (conf/hydra/job_logging/draw.yaml), in the run folder's train.log.
 log = logging.getLogger("draw")
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+def _conf_dir() -> Path:
+    """conf/ beside the package in a checkout or an editable install; inside it (draw.conf) in an installed wheel."""
+    checkout = Path(__file__).resolve().parents[1] / "conf"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "conf"
+
+
+CONF = _conf_dir()
 
 
 def job_folder(override_dirname: str) -> str:

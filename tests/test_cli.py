@@ -47,3 +47,29 @@ def test_logger_choice_and_the_validation_history_every_run_keeps(logger, writes
     from draw.report import val_curve
 
     assert [(step, epoch) for step, epoch, _ in val_curve(run)] == [(10, 1), (20, 2)]
+
+
+@pytest.mark.slow
+def test_a_wheel_install_composes_and_runs_from_outside_the_repository(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
+    for name in ("conf", "draw", "pyproject.toml", "README.md"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "wheel", source], check=True)
+    (wheel,) = (tmp_path / "wheel").glob("draw-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", tmp_path / "site", wheel], check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}
+    composed = subprocess.run([sys.executable, "-c", "from draw.run import CONF, compose_config; "
+                               "print(CONF, compose_config(['attention=none']).attention.read_attention)"],
+                              cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout
+    assert composed.strip() == f"{tmp_path / 'site' / 'draw' / 'conf'} False"
+    page = subprocess.run([sys.executable, tmp_path / "site" / "bin" / "draw-train", "--help"], cwd=elsewhere, env=env,
+                          capture_output=True, text=True, check=True).stdout
+    assert page.startswith("Train DRAW")
