@@ -1,4 +1,5 @@
 """Training and evaluation from a composed Hydra config: what train.py runs, importable so tests can call it."""
+import functools
 import hashlib
 import json
 import logging
@@ -42,7 +43,25 @@ def job_folder(override_dirname: str) -> str:
     return override_dirname or "defaults"
 
 
+@functools.lru_cache(maxsize=None)  # Hydra resolves the run folder several times in one process: one answer
+def unique_folder(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ...: the first one this process creates. mkdir is atomic, so two runs
+    started in the same second (the default folder's resolution) never share a folder. A folder that
+    cannot be made is returned as it is, for the output-folder check to report."""
+    for n in range(1, 1000):
+        candidate = path if n == 1 else f"{path}-{n}"
+        try:
+            Path(candidate).mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError:
+            return path
+    return path
+
+
 OmegaConf.register_new_resolver("job_folder", job_folder, replace=True)
+OmegaConf.register_new_resolver("unique_folder", unique_folder, replace=True)
 
 
 def silence_what_is_not_the_users_business() -> None:

@@ -1,5 +1,6 @@
-"""What a newcomer types first: the help pages, and trainer.max_epochs=-1."""
+"""What a newcomer types first: help pages, debug runs, loggers, max_epochs=-1, run folders, a wheel install."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,13 @@ def test_a_wheel_install_composes_and_runs_from_outside_the_repository(tmp_path)
     page = subprocess.run([sys.executable, tmp_path / "site" / "bin" / "draw-train", "--help"], cwd=elsewhere, env=env,
                           capture_output=True, text=True, check=True).stdout
     assert page.startswith("Train DRAW")
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    from draw.run import unique_folder
+
+    same_second = str(tmp_path / "outputs" / "2026-11-29" / "12-00-00")
+    first = unique_folder(same_second)
+    unique_folder.cache_clear()  # what a second process sees: its own cache, the first one's folder on disk
+    second = unique_folder(same_second)
+    assert (first, second) == (same_second, same_second + "-2") and Path(second).is_dir()
