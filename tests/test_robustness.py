@@ -46,9 +46,16 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize("override,named,allowed", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
-def test_bad_value_is_one_line_before_any_work(override, named, allowed, tiny_mnist, tmp_path):
-    proc = run_script("train.py", tmp_path, *override.split(), f"data.data_dir={tiny_mnist}", f"hydra.run.dir={tmp_path}/run", check=False)
-    assert_one_line_error(proc, named, allowed)
+def test_bad_value_is_named_with_what_is_allowed_before_any_work(override, named, allowed, tiny_mnist, tmp_path):
+    with pytest.raises(UserError) as error:
+        train(compose_config(*override.split(), f"data.data_dir={tiny_mnist}"), str(tmp_path / "run"))
+    assert named in str(error.value) and allowed in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()  # checked before anything is written
+
+
+def test_bad_value_on_the_command_line_is_one_line_and_exit_status_2(tiny_mnist, tmp_path):
+    proc = run_script("train.py", tmp_path, "model.T=0", f"data.data_dir={tiny_mnist}", f"hydra.run.dir={tmp_path}/run", check=False)
+    assert_one_line_error(proc, "model.T=0", "integer >= 1")
     # Nothing written but Hydra's record of the run and its log, which has the error line too.
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "train.log"]
     assert (tmp_path / "run" / "train.log").read_text().strip().endswith(proc.stderr.strip().splitlines()[-1])
@@ -83,7 +90,7 @@ def test_data_folder_without_mnist_says_where_to_put_it(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("problem", ["missing", "not a checkpoint", "truncated", "other sizes"])
-def test_bad_checkpoint_is_one_line(problem, trained_run, tiny_mnist, tmp_path):
+def test_bad_checkpoint_is_named_with_the_reason(problem, trained_run, tiny_mnist, tmp_path):
     _, run, _ = trained_run
     good = run / "checkpoints" / "last.ckpt"
     path, overrides, fragment = tmp_path / "bad.ckpt", TINY_RUN, "is not a readable checkpoint"
@@ -95,9 +102,9 @@ def test_bad_checkpoint_is_one_line(problem, trained_run, tiny_mnist, tmp_path):
         path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     else:
         path, overrides, fragment = good, [*TINY_RUN, "model.T=5"], "was trained with model.T=3 but this run has model.T=5"
-    proc = run_script("train.py", tmp_path, *overrides, f"data.data_dir={tiny_mnist}", f"ckpt_path={path}",
-                      f"hydra.run.dir={tmp_path}/run", check=False)
-    assert_one_line_error(proc, f"ckpt_path={path}", fragment)
+    with pytest.raises(UserError) as error:
+        train(compose_config(*overrides, f"data.data_dir={tiny_mnist}", f"ckpt_path={path}"), str(tmp_path / "run"))
+    assert f"ckpt_path={path}" in str(error.value) and fragment in str(error.value)
 
 
 def test_killed_run_resumes_to_the_same_number_of_steps(tiny_mnist, tmp_path):
