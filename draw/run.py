@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from draw.callbacks import DrawingImages, MidEpochCheckpoint, SaveOnInterrupt, TrainThroughput, ValidationHistory
+from draw.callbacks import MidEpochCheckpoint, SaveOnInterrupt, TrainThroughput, ValidationHistory
 from draw.config import check_same_model, read_checkpoint, validate_train_config
 from draw.errors import UserError
 from draw.module import DRAWModule
@@ -142,9 +142,10 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     resume_command = resume_command or " ".join([
         "python train.py", *(o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))),
         f"hydra.run.dir={out}", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
-    throughput = TrainThroughput()
-    callbacks = [best, *last, throughput, DrawingImages(), ValidationHistory(out / "validation.csv"),
-                 SaveOnInterrupt(out / "checkpoints" / "last.ckpt", resume_command)]
+    configured = [hydra.utils.instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
+    throughput = next((c for c in configured if isinstance(c, TrainThroughput)), None)
+    callbacks = [best, *last, ValidationHistory(out / "validation.csv"),
+                 SaveOnInterrupt(out / "checkpoints" / "last.ckpt", resume_command), *configured]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar())  # Lightning would pick Rich's where rich is installed: one bar everywhere
     trainer = hydra.utils.instantiate(
@@ -187,7 +188,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "wall_time_s": time.perf_counter() - started,
-        "train_images_per_s": throughput.images_per_s if throughput.images else None,
+        "train_images_per_s": throughput.images_per_s if throughput and throughput.images else None,
         "checkpoint": str(evaluated or ckpt_path or ""),
         "overrides": list(overrides),
         "status": "completed",
