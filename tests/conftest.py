@@ -7,7 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from draw.run import compose_config as _compose
+# Under pytest-xdist (-n auto) every core runs a test: one torch thread each (in-process and in the train.py
+# processes the tests start), or the tests fight over the cores.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from draw.run import compose_config as _compose  # noqa: E402: after the thread setting, which torch reads at import
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -108,7 +108,7 @@ def test_bad_checkpoint_is_named_with_the_reason(problem, trained_run, tiny_mnis
 
 
 def test_killed_run_resumes_to_the_same_number_of_steps(tiny_mnist, tmp_path):
-    overrides = [f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=30", "checkpoint_every_n_steps=5"]
+    overrides = [f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=10", "checkpoint_every_n_steps=5"]
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run}"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -119,21 +119,21 @@ def test_killed_run_resumes_to_the_same_number_of_steps(tiny_mnist, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = torch.load(last, weights_only=True)["global_step"]
-    assert killed_at < 300, "the run finished before it could be killed"
+    assert killed_at < 100, "the run finished before it could be killed"
     for ckpt in (run / "checkpoints").glob("*.ckpt"):  # no half-written checkpoint left behind
         read_checkpoint(ckpt)
 
     resumed = tmp_path / "resumed"
     run_script("train.py", tmp_path, *overrides, f"ckpt_path={last}", f"hydra.run.dir={resumed}")
     metrics = json.loads((resumed / "metrics.json").read_text())
-    assert (metrics["epochs"], metrics["steps"]) == (30, 300)  # as an uninterrupted run: 30 epochs of 10 steps
+    assert (metrics["epochs"], metrics["steps"]) == (10, 100)  # as an uninterrupted run: 10 epochs of 10 steps
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_stopped_run_saves_says_how_to_resume_and_resumes_to_the_same_steps(signum, tiny_mnist, tmp_path):
     run = tmp_path / "run"
     # last.ckpt every 7 steps: its first appearance says training is under way (a condition, not a sleep)
-    overrides = [f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=30", "checkpoint_every_n_steps=7"]
+    overrides = [f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=10", "checkpoint_every_n_steps=7"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run}"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = run / "checkpoints" / "last.ckpt"
@@ -147,11 +147,11 @@ def test_stopped_run_saves_says_how_to_resume_and_resumes_to_the_same_steps(sign
     resume = f"resume with: python train.py {' '.join(overrides)} hydra.run.dir={run} ckpt_path={last}"
     assert f"interrupted: saved {last}" in output and resume in output, output[-2000:]
     stopped_at = read_checkpoint(last)["global_step"]
-    assert 0 < stopped_at < 300, "the run finished before it could be stopped"
+    assert 0 < stopped_at < 100, "the run finished before it could be stopped"
 
     run_script("train.py", tmp_path, *resume.removeprefix("resume with: python train.py ").split())
     metrics = json.loads((run / "metrics.json").read_text())
-    assert (metrics["epochs"], metrics["steps"]) == (30, 300)  # as an uninterrupted run: 30 epochs of 10 steps
+    assert (metrics["epochs"], metrics["steps"]) == (10, 100)  # as an uninterrupted run: 10 epochs of 10 steps
     assert "interrupted: saved" in (run / "train.log").read_text()  # the project's lines reach train.log
 
 

@@ -31,7 +31,7 @@ def test_a_failed_job_is_recorded_and_the_others_run(tiny_mnist, tmp_path):
 def test_killed_sweep_reruns_into_the_same_folder(tiny_mnist, tmp_path):
     sweep = tmp_path / "sweep"
     command = [sys.executable, str(ROOT / "train.py"), "-m", "attention=none,write", f"data.data_dir={tiny_mnist}",
-               *TINY_SWEEP, "model.T=3", "trainer.max_epochs=30", "checkpoint_every_n_steps=5", f"hydra.sweep.dir={sweep}"]
+               *TINY_SWEEP, "model.T=3", "trainer.max_epochs=10", "checkpoint_every_n_steps=5", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not list(sweep.glob("attention=write*/checkpoints/last.ckpt")) and proc.poll() is None and time.time() < deadline:
@@ -50,7 +50,7 @@ def test_killed_sweep_reruns_into_the_same_folder(tiny_mnist, tmp_path):
     assert f"hydra.sweep.dir={sweep}\n" in rerun.stdout
     assert json.loads((first / "metrics.json").read_text()) == finished_before  # not run again
     resumed = json.loads((job_folder(sweep, "attention=write") / "metrics.json").read_text())
-    assert (resumed["status"], resumed["epochs"], resumed["steps"]) == ("completed", 30, 300)  # as if never killed
+    assert (resumed["status"], resumed["epochs"], resumed["steps"]) == ("completed", 10, 100)  # as if never killed
     rows = write_summary(sweep)
     assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
 
