@@ -1,5 +1,6 @@
 """Checks of a composed config and of checkpoints, before any work starts: each problem is one UserError
 line naming the key, the value and what is allowed."""
+import importlib.util
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -89,6 +90,10 @@ def validate_train_config(cfg: DictConfig) -> None:
     require_int("seed", cfg.seed, 0)
     require(isinstance(cfg.compile, bool), "compile", cfg.compile, "true or false")
     require_int("compile_steps_per_call", cfg.compile_steps_per_call, 1)
+    for name, logger in (cfg.get("logger") or {}).items():
+        required = logger.get("requires")
+        if required and importlib.util.find_spec(required) is None:
+            raise UserError(f"logger={name} needs the {required} package: pip install -e '.[{required}]' (or pip install {required})")
 
 
 def read_checkpoint(path, key: str = "ckpt_path") -> dict:

@@ -89,8 +89,15 @@ def build_module(cfg: DictConfig) -> DRAWModule:
 
 
 def build_loggers(cfg: DictConfig, out: Path) -> list:
-    """The `logger` group's loggers (none, one or several), each writing under the run folder."""
-    return [hydra.utils.instantiate(logger, save_dir=str(out)) for logger in (cfg.get("logger") or {}).values()]
+    """The `logger` group's loggers (none, one or several), each writing under the run folder (in its `folder`
+    there when the config names one; `requires`, the package it needs, is checked by validate_train_config)."""
+    loggers = []
+    for logger in (cfg.get("logger") or {}).values():
+        settings = dict(logger)
+        settings.pop("requires", None)
+        folder = settings.pop("folder", "")
+        loggers.append(hydra.utils.instantiate(settings, save_dir=str(out / folder)))
+    return loggers
 
 
 def resolve_ckpt_path(ckpt_path):

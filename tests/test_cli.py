@@ -93,3 +93,12 @@ def test_callbacks_compose_as_a_list_and_early_stopping_stops(tiny_mnist, tmp_pa
                "callbacks=[default,early_stopping,lr_monitor]", "callbacks.early_stopping.patience=0", f"hydra.run.dir={run}")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] < 10 and metrics["train_images_per_s"] > 0
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("wandb") is None, reason="wandb is not installed (.[wandb])")
+def test_wandb_logger_runs_offline_into_the_run_folder(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=1", "logger=wandb",
+               "logger.wandb.offline=true", f"hydra.run.dir={run}")
+    assert (run / "wandb").is_dir() and not (tmp_path / "wandb").exists()

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib.util import find_spec
 
 import pytest
 import torch
@@ -42,10 +43,13 @@ BAD_VALUES = [
     ("optim.weight_decay=-1", "optim.weight_decay=-1", ">= 0"),
     ("checkpoint_every_minutes=-5", "checkpoint_every_minutes=-5", "a number >= 0"),
     ("trainer.max_epochs=-1 scheduler=cosine", "trainer.max_epochs=-1", "with scheduler=cosine"),
+    *[pytest.param(f"logger={package}", f"logger={package} needs the {package} package", f"pip install -e '.[{package}]'",
+                   marks=pytest.mark.skipif(find_spec(package) is not None, reason=f"{package} is installed here"))
+      for package in ("wandb", "mlflow")],
 ]
 
 
-@pytest.mark.parametrize("override,named,allowed", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+@pytest.mark.parametrize("override,named,allowed", BAD_VALUES, ids=[(b.values if hasattr(b, "values") else b)[0] for b in BAD_VALUES])
 def test_bad_value_is_named_with_what_is_allowed_before_any_work(override, named, allowed, tiny_mnist, tmp_path):
     with pytest.raises(UserError) as error:
         train(compose_config(*override.split(), f"data.data_dir={tiny_mnist}"), str(tmp_path / "run"))
