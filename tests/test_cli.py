@@ -29,9 +29,10 @@ def test_max_epochs_minus_one_trains_until_another_limit_stops_it(tiny_mnist, tm
     assert json.loads((run / "metrics.json").read_text())["steps"] == 25
 
 
-def test_debug_fdr_runs_one_batch_of_each_split(tiny_mnist, tmp_path):
-    run = tmp_path / "run"
-    run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "debug=fdr", f"hydra.run.dir={run}")
+def test_debug_fdr_runs_one_batch_of_each_split_where_paths_says(tiny_mnist, tmp_path):
+    run_script("train.py", tmp_path, f"paths.data_dir={tiny_mnist}", *TINY_RUN, "debug=fdr", f"paths.output_dir={tmp_path}/runs")
+    (run,) = (tmp_path / "runs").glob("*/*")  # <paths.output_dir>/DATE/TIME, and nothing in the working folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 1 and metrics["status"] == "completed"
 
