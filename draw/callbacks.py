@@ -7,26 +7,41 @@ import time
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from draw import viz
 
 
+PICTURE_LOGGERS = (TensorBoardLogger, WandbLogger, MLFlowLogger)
+
+
+def log_picture(logger, tag: str, image: torch.Tensor, step: int) -> None:
+    """One picture (3, H, W) in [0, 1] to a logger that takes pictures, each in its own way."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(tag, image, step)
+        return
+    pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
+    if isinstance(logger, WandbLogger):
+        logger.log_image(key=tag, images=[pixels], step=step)
+    else:  # MLflow: an image artifact of the run
+        logger.experiment.log_image(logger.run_id, pixels, f"{tag}/step{step:07d}.png")
+
+
 class DrawingImages(pl.Callback):
-    """Logs prior samples, the canvas over steps, reconstructions beside their originals, and the per-step
-    KL (as a histogram whose bins are the steps 1..T, so its shape is the KL curve). Does nothing without
-    a TensorBoard logger. The same noise every epoch (its own seed), so epochs compare and training's
-    random stream is left untouched."""
+    """Logs prior samples, the canvas over steps and reconstructions beside their originals to every logger
+    that takes pictures (TensorBoard, W&B, MLflow), and to TensorBoard the per-step KL (as a histogram whose
+    bins are the steps 1..T, so its shape is the KL curve). Silent without such a logger (CSV, none). The
+    same noise every epoch (its own seed), so epochs compare and training's random stream is left untouched."""
 
     def __init__(self, n: int = 16, steps_shown: int = 8, seed: int = 0):
         self.n, self.steps_shown, self.seed = n, steps_shown, seed
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, PICTURE_LOGGERS)]
         if trainer.sanity_checking or not loggers or not trainer.is_global_zero:
             return
-        writer, step, model = loggers[0].experiment, trainer.global_step, module.model
+        step, model = trainer.global_step, module.model
         H, W = model.cfg.height, model.cfg.width
         x = next(iter(trainer.val_dataloaders))[: self.n].to(module.device)
         devices = [module.device] if module.device.type == "cuda" else []
@@ -34,10 +49,19 @@ class DrawingImages(pl.Callback):
             torch.manual_seed(self.seed)
             canvases, _ = model.sample(self.n)  # (T, n, H, W)
             out = model(x, record=True)
-        writer.add_image("samples", viz.grid_of(canvases[-1]), step)
-        writer.add_image("samples_over_steps", viz.steps_picture(canvases[:, : self.steps_shown]), step)
         reconstructions = torch.sigmoid(out.canvases[-1]).view(-1, H, W)
-        writer.add_image("reconstructions", viz.grid_of(reconstructions, x.view(-1, H, W)), step)
+        pictures = {
+            "samples": viz.grid_of(canvases[-1]),
+            "samples_over_steps": viz.steps_picture(canvases[:, : self.steps_shown]),
+            "reconstructions": viz.grid_of(reconstructions, x.view(-1, H, W)),
+        }
+        for logger in loggers:
+            for tag, image in pictures.items():
+                log_picture(logger, tag, image, step)
+        tensorboard = [lg for lg in loggers if isinstance(lg, TensorBoardLogger)]
+        if not tensorboard:
+            return
+        writer = tensorboard[0].experiment
         kl = out.kl_steps.mean(0).double().cpu()  # (T,) nats per step
         steps = torch.arange(1, len(kl) + 1, dtype=torch.float64)
         writer.add_histogram_raw(
