@@ -26,6 +26,7 @@ from draw.module import DRAWModule
 # file handler (conf/hydra/job_logging/draw.yaml), in the run folder's train.log.
 log = logging.getLogger("draw")
 
+
 def _conf_dir() -> Path:
     """conf/ beside the package in a checkout or an editable install; inside it (draw.conf) in an installed wheel."""
     checkout = Path(__file__).resolve().parents[1] / "conf"
@@ -64,10 +65,14 @@ OmegaConf.register_new_resolver("job_folder", job_folder, replace=True)
 OmegaConf.register_new_resolver("unique_folder", unique_folder, replace=True)
 
 
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
 def silence_what_is_not_the_users_business() -> None:
     """Lines every run would print that say nothing about this run: Lightning's advert for its cloud logger
-    and a deprecation inside Lightning's own code."""
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
+    and a deprecation inside Lightning's own code. Calling it again adds nothing."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_not_an_advert)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
