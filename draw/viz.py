@@ -7,7 +7,7 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
-from draw.model import AttentionWindow
+from draw.attention import AttentionWindow
 
 READ_COLOUR = (230, 60, 60)  # red, as in the paper's figures
 WRITE_COLOUR = (60, 200, 60)  # green

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from draw.model import DRAW, AttentiveRead, AttentiveWrite, DRAWConfig, Filterbank, gaussian_kl
+from draw.attention import Filterbank
+from draw.model import DRAW, AttentiveRead, AttentiveWrite, DRAWConfig, gaussian_kl
 
 ATTENTIONS = [(False, False), (True, False), (False, True), (True, True)]
 
