@@ -59,6 +59,11 @@ def _read(path: Path, load, default):
         return default
 
 
+def read_metrics(job_dir: Path) -> dict:
+    """A run's metrics.json, or {} where it is missing or half-written."""
+    return _read(job_dir / "metrics.json", json.loads, {})
+
+
 def collect(sweep_dir: Path) -> list:
     """One row per job, sorted by test NLL (unfinished and failed jobs last), with its validation curve."""
     jobs = [(d, _read(d / ".hydra" / "overrides.yaml", yaml.safe_load, [])) for d in job_dirs(sweep_dir)]
@@ -66,7 +71,7 @@ def collect(sweep_dir: Path) -> list:
     shared = set.intersection(*(set(o) for _, o in jobs)) if len(jobs) > 1 else set()
     rows = []
     for job_dir, overrides in jobs:
-        metrics = _read(job_dir / "metrics.json", json.loads, {})
+        metrics = read_metrics(job_dir)
         curve = val_curve(job_dir)
         row = {column: metrics.get(column) for column in COLUMNS}
         row.update(

@@ -21,6 +21,7 @@ from draw.callbacks import MidEpochCheckpoint, SaveOnInterrupt, TrainThroughput,
 from draw.config import check_same_model, read_checkpoint, validate_train_config
 from draw.errors import UserError
 from draw.module import DRAWModule
+from draw.report import read_metrics
 
 # The project's own lines (output folder, resume command, results): on the terminal and, through Hydra's
 # file handler (conf/hydra/job_logging/draw.yaml), in the run folder's train.log.
@@ -206,7 +207,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
         "status": "completed",
     }
     if trainer.is_global_zero:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_metrics(out, metrics)
         line = f"test NLL bound: {metrics['test/nll']:.2f} nats per image (Lx {metrics['test/lx']:.2f} + Lz {metrics['test/lz']:.2f})"
         if cfg.eval.iw_samples:
             line += f"; importance-weighted bound, K={cfg.eval.iw_samples}: {metrics['test/iw_nll']:.2f}"
@@ -226,10 +227,7 @@ def sweep_job(cfg: DictConfig, output_dir: str, overrides: Sequence[str], sweep_
     metrics.json with status "failed" and its reason and returns None (Optuna then records the trial as failed;
     NaN would crash its sweeper), so the sweep goes on; a signal (Ctrl-C, SIGTERM) writes status "stopped" and stops the sweep."""
     out = Path(output_dir)
-    try:
-        earlier = json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):
-        earlier = {}
+    earlier = read_metrics(out)
     if earlier.get("status") == "completed":
         log.info(f"{out.name}: completed in an earlier run of this sweep, skipped")
         return objective(earlier)
@@ -242,14 +240,14 @@ def sweep_job(cfg: DictConfig, output_dir: str, overrides: Sequence[str], sweep_
     try:
         return objective(train(cfg, output_dir, overrides, resume_command))
     except (KeyboardInterrupt, SystemExit) as e:
-        _write_status(out, "stopped", f"stopped by a signal; resume with: {resume_command}", overrides)
+        write_metrics(out, {"status": "stopped", "reason": f"stopped by a signal; resume with: {resume_command}", "overrides": list(overrides)})
         raise e
     except Exception as e:  # noqa: BLE001: any failure of one job is recorded, and the sweep goes on
         reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
         if not isinstance(e, UserError):
-            log.exception(f"{out.name} failed")  # the traceback goes to the job's train.log
+            log.exception(f"{out.name} failed")  # with its traceback, on the terminal and in the job's train.log
         log.error(f"error: {out.name}: {reason}")
-        _write_status(out, "failed", reason, overrides)
+        write_metrics(out, {"status": "failed", "reason": reason, "overrides": list(overrides)})
         return None
 
 
@@ -262,6 +260,7 @@ def _sweep_arguments(sweep_dir: Path) -> list:
     return [o for o in saved if not o.startswith("hydra.sweep.dir=")]
 
 
-def _write_status(out: Path, status: str, reason: str, overrides: Sequence[str]) -> None:
+def write_metrics(out: Path, metrics: dict) -> None:
+    """The run's metrics.json: its results, or for a sweep job that did not complete, its status and reason."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"status": status, "reason": reason, "overrides": list(overrides)}, indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
