@@ -56,6 +56,13 @@ def filterbank(window: AttentionWindow, offsets: torch.Tensor, xs: torch.Tensor,
     return gaussian_filters(xs, mu_x, window.var), gaussian_filters(ys, mu_y, window.var)  # Eqs. 25-26
 
 
+def read(images: torch.Tensor, window: AttentionWindow, F_x: torch.Tensor, F_y: torch.Tensor) -> torch.Tensor:
+    """Eq. 27 for each of C images per example (an image and DRAW's error image, or colour channels):
+    gamma F_Y x F_X^T, (B, C, H, W) -> (B, C, N, N)."""
+    glimpses = F_y.unsqueeze(1) @ images @ F_x.transpose(1, 2).unsqueeze(1)  # (B, C, N, N)
+    return window.gamma[:, None, None, None] * glimpses
+
+
 def init_window(params: nn.Linear, N: int, height: int, width: int, stride=None, var=None, gamma=None) -> None:
     """Start a window's filters `stride` pixels apart, with variance `var` (pixels^2) and intensity `gamma`, by
     the biases of Eq. 21's log delta~, log sigma^2 and log gamma; None leaves that bias as nn.Linear made it.

@@ -4,8 +4,10 @@
 
 Times whole training steps (forward, backward, gradient clipping, Adam) on synthetic binary images after
 warm-up, and prior sampling of 64 images, and prints one JSON line per configuration. With no overrides
-it runs the paper's attention and no-attention models. Medians over repeated steps; speed is never a
-pass/fail test.
+it runs the paper's attention and no-attention models. For a classifier (task=classify, e.g.
+experiment=paper_cluttered_8glimpses) it times training steps on cluttered images and, beside them, making
+a batch of those images (data_ms_per_batch), which must stay well below a step. Medians over repeated
+steps; speed is never a pass/fail test.
 """
 import json
 import resource
@@ -15,9 +17,11 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from draw.config import validate_train_config
+from draw.data.cluttered import cluttered_images
 from draw.errors import exit_on_user_error
 from draw.module import build_optimizer
 from draw.run import build_module, compose_config
@@ -50,6 +54,8 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
         module.model.compile_steps(cfg.compile_steps_per_call)
     model, optimizer = module.model, build_optimizer(module.parameters(), module.hparams.optim)
     batch = cfg.data.batch_size
+    if cfg.task.name == "classify":
+        return benchmark_classifier(cfg, overrides, module, optimizer, device, steps, warmup)
     x = torch.bernoulli(torch.full((batch, cfg.model.height, cfg.model.width), 0.13, device=device))
 
     def autocast():
@@ -79,11 +85,47 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
         "sample_64_s": round(sample_s * 64 / sample_n, 4),
         "step_ms_median": round(step_s * 1e3, 1),
         "compile_s": round(first_step_s - step_s, 1) if cfg.compile else 0.0,
+        **machine(precision, device),
+    }
+
+
+def machine(precision: str, device: str) -> dict:
+    return {
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "precision": precision,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+    }
+
+
+def benchmark_classifier(cfg: DictConfig, overrides, module, optimizer, device: str, steps: int, warmup: int) -> dict:
+    """Training steps of a classifier on cluttered images, and making a batch of them from MNIST-sized digits."""
+    d = cfg.data
+    digits = (torch.rand(1000, 28, 28) < 0.15).to(torch.uint8) * 255  # stand-ins: the cost does not depend on the strokes
+    settings = dict(size=d.size, distractors=d.distractors, distractor_size=d.distractor_size)
+
+    def make_batch():
+        return cluttered_images(digits[: d.batch_size], digits, **settings).float() / 255
+
+    x, y = make_batch().to(device), torch.randint(0, 10, (d.batch_size,), device=device)
+
+    def train_step():
+        loss = F.cross_entropy(module.model(x).logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.trainer.gradient_clip_val or float("inf"))
+        optimizer.step()
+
+    median_seconds(train_step, warmup, device)
+    step_s = median_seconds(train_step, steps, device)
+    data_s = median_seconds(make_batch, max(3, steps), "cpu")
+    return {
+        "config": " ".join(overrides),
+        "train_images_per_s": round(d.batch_size / step_s, 1),
+        "step_ms_median": round(step_s * 1e3, 1),
+        "data_ms_per_batch": round(data_s * 1e3, 2),
+        **machine(str(cfg.trainer.precision), device),
     }
 
 

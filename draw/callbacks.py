@@ -4,6 +4,7 @@ import csv
 import logging
 import time
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -11,6 +12,7 @@ from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogg
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from draw import viz
+from draw.classifier import first_misclassified
 
 
 PICTURE_LOGGERS = (TensorBoardLogger, WandbLogger, MLFlowLogger)
@@ -77,6 +79,29 @@ class DrawingImages(pl.Callback):
         )
 
 
+class GlimpseImages(pl.Callback):
+    """For a classifier: the first n validation images with each glimpse's window and contents and the predicted
+    and true labels ("glimpses"), and n misclassified ones from the first validation batches ("misclassified"),
+    to every logger that takes pictures."""
+
+    def __init__(self, n: int = 8, batches_searched: int = 10):
+        self.n, self.batches_searched = n, batches_searched
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, PICTURE_LOGGERS)]
+        if trainer.sanity_checking or not loggers or not trainer.is_global_zero:
+            return
+        x, y = next(iter(trainer.val_dataloaders))
+        wrong = first_misclassified(module.model, trainer.val_dataloaders, self.n, module.device, self.batches_searched)
+        shown = {"glimpses": (x[: self.n].to(module.device), y[: self.n].to(module.device)), "misclassified": wrong}
+        for tag, (x, y) in shown.items():
+            if not len(x):
+                continue
+            image = torch.from_numpy(np.array(viz.classify_and_show(module.model, x, y)[0])).permute(2, 0, 1).float() / 255
+            for logger in loggers:
+                log_picture(logger, tag, image, trainer.global_step)
+
+
 class ValidationHistory(pl.Callback):
     """Appends each validation's metrics (epoch counted from 1, optimizer step, val/*) to a CSV file in the run
     folder, whatever the logger (or none): sweep summaries and curves are built from it."""
@@ -116,7 +141,8 @@ class TrainThroughput(pl.Callback):
         now = time.perf_counter()
         if self._last is not None and self._first_batch_done:
             self.seconds += now - self._last
-            self.images += len(batch) * trainer.world_size
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch  # (x, y) for classification
+            self.images += len(images) * trainer.world_size
         self._last, self._first_batch_done = now, True
 
     def on_validation_start(self, trainer, module):

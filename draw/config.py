@@ -9,6 +9,7 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from draw.classifier import ARCHITECTURES, classifier_defaults
 from draw.data import check_binarization
 from draw.errors import UserError, exit_with
 from draw.model import DRAWConfig
@@ -47,8 +48,18 @@ def check_accelerator(key: str, value: str) -> None:
     check_cuda(key, value)
 
 
-def validate_train_config(cfg: DictConfig) -> None:
-    m, a, d, o = cfg.model, cfg.attention, cfg.data, cfg.optim
+# Each task and the data modules it can learn from (conf/task/, conf/data/).
+TASK_DATA = {"generate": ("draw.data.MNISTDataModule",), "classify": ("draw.data.ClutteredMNISTDataModule",)}
+
+
+def check_window_init(key: str, init) -> None:
+    for name, value in init.items():
+        require(name in ("stride", "var", "gamma"), f"{key}.{name}", value, "the keys are stride, var and gamma")
+        require(value is None or (_is_number(value) and value > 0), f"{key}.{name}", value, "null or a number > 0")
+
+
+def check_draw_config(cfg: DictConfig) -> None:
+    m, a, d = cfg.model, cfg.attention, cfg.data
     for key in ("T", "z_size", "enc_size", "dec_size"):
         require_int(f"model.{key}", m[key], 1)
     for key in ("height", "width"):
@@ -56,14 +67,48 @@ def validate_train_config(cfg: DictConfig) -> None:
     for key in ("read_n", "write_n"):
         require_int(f"attention.{key}", a[key], 1, min(m.height, m.width))
     for window in ("read_init", "write_init"):
-        for key, value in a[window].items():
-            require(key in ("stride", "var", "gamma"), f"attention.{window}.{key}", value, "the keys are stride, var and gamma")
-            require(value is None or (_is_number(value) and value > 0), f"attention.{window}.{key}", value, "null or a number > 0")
+        check_window_init(f"attention.{window}", a[window])
+    for key in ("binarization", "eval_binarization"):  # here too: Hydra's instantiate would wrap the DataModule's error
+        check_binarization(d[key], f"data.{key}")
+    require_int("kl_warmup_steps", cfg.kl_warmup_steps, 0)
+    require_int("eval.iw_samples", cfg.eval.iw_samples, 0)
+    require_int("compile_steps_per_call", cfg.compile_steps_per_call, 1)
+
+
+def check_classifier_config(cfg: DictConfig) -> None:
+    m, d = cfg.model, cfg.data
+    require(m.get("architecture") in ARCHITECTURES, "model", m.get("architecture"),
+            f"a classifier with task=classify: model={' or model='.join(ARCHITECTURES)}")
+    require_int("data.size", d.size, MNIST_SIZE)
+    require_int("data.distractors", d.distractors, 0)
+    require_int("data.distractor_size", d.distractor_size, 1, MNIST_SIZE)
+    require_int("data.seed", d.seed, 0)
+    for key in ("height", "width"):
+        require(m[key] == d.size, f"model.{key}", m[key], f"data.size ({d.size}), the size of the images")
+    require_int("model.classes", m.classes, 2)
+    if m.architecture == "glimpse":
+        require_int("model.glimpses", m.glimpses, 1)
+        require_int("model.read_n", m.read_n, 1, min(m.height, m.width))
+        require_int("model.hidden_size", m.hidden_size, 1)
+        check_window_init("model.read_init", m.read_init)
+    else:
+        channels = list(m.channels) if OmegaConf.is_list(m.channels) else m.channels
+        require(isinstance(channels, list) and channels and all(_is_int(c) and c >= 1 for c in channels),
+                "model.channels", channels, "a list of integers >= 1, e.g. [32, 64]")
+        require_int("model.kernel", m.kernel, 1)
+    require(not cfg.compile, "compile", cfg.compile, "false with task=classify (compile speeds up DRAW's steps)")
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    task = cfg.task.name
+    require(task in TASK_DATA, "task.name", task, f"one of {', '.join(TASK_DATA)}")
+    d, o = cfg.data, cfg.optim
+    require(d._target_ in TASK_DATA[task], "data", d._target_, f"a data set for task={task}: one whose _target_ is "
+            f"{' or '.join(TASK_DATA[task])}")
+    (check_draw_config if task == "generate" else check_classifier_config)(cfg)
     require_int("data.batch_size", d.batch_size, 1)
     require_int("data.val_size", d.val_size, 1)
     require_int("data.num_workers", d.num_workers, 0)
-    for key in ("binarization", "eval_binarization"):  # here too: Hydra's instantiate would wrap the DataModule's error
-        check_binarization(d[key], f"data.{key}")
     require(_is_number(o.lr) and 0 < o.lr < 1, "optim.lr", o.lr, "a number > 0 and < 1")
     if "betas" in o:
         betas = list(o.betas) if not isinstance(o.betas, (str, int, float)) else o.betas
@@ -74,7 +119,6 @@ def validate_train_config(cfg: DictConfig) -> None:
     if "weight_decay" in o:
         require(_is_number(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
     require(cfg.scheduler.name in SCHEDULES, "scheduler.name", cfg.scheduler.name, f"one of {', '.join(SCHEDULES)}")
-    require_int("kl_warmup_steps", cfg.kl_warmup_steps, 0)
     if cfg.trainer.max_epochs != -1:  # -1: Lightning's "until stopped" (Ctrl-C, SIGTERM, max_steps, max_time)
         require(_is_int(cfg.trainer.max_epochs) and cfg.trainer.max_epochs >= 1, "trainer.max_epochs",
                 cfg.trainer.max_epochs, "an integer >= 1, or -1: until stopped")
@@ -82,14 +126,12 @@ def validate_train_config(cfg: DictConfig) -> None:
         require(False, "trainer.max_epochs", -1, f"a number of epochs >= 1 with scheduler={cfg.scheduler.name}, whose lr "
                 "falls over the whole run (or set +trainer.max_steps)")
     check_accelerator("trainer.accelerator", cfg.trainer.accelerator)
-    require_int("eval.iw_samples", cfg.eval.iw_samples, 0)
     require_int("checkpoint_every_n_steps", cfg.checkpoint_every_n_steps, 0)
     require(_is_number(cfg.checkpoint_every_minutes) and cfg.checkpoint_every_minutes >= 0, "checkpoint_every_minutes",
             cfg.checkpoint_every_minutes, "a number >= 0 (0: off)")
     require_int("max_nonfinite_steps", cfg.max_nonfinite_steps, 1)
     require_int("seed", cfg.seed, 0)
     require(isinstance(cfg.compile, bool), "compile", cfg.compile, "true or false")
-    require_int("compile_steps_per_call", cfg.compile_steps_per_call, 1)
     for name, logger in (cfg.get("logger") or {}).items():
         required = logger.get("requires")
         if required and importlib.util.find_spec(required) is None:
@@ -111,10 +153,16 @@ def read_checkpoint(path, key: str = "ckpt_path") -> dict:
 
 
 def check_same_model(checkpoint: dict, cfg: DictConfig, path) -> None:
-    """Resuming needs the checkpoint's sizes: name the first setting of the model or attention groups that differs.
-    A setting the checkpoint predates counts as DRAWConfig's default."""
-    saved = {**vars(DRAWConfig()), **checkpoint["hyper_parameters"]["model"]}
-    for group in ("model", "attention"):
+    """Resuming needs the checkpoint's sizes: name the first setting of the model (and for DRAW, attention) groups
+    that differs. A setting the checkpoint predates counts as its config's default."""
+    model = checkpoint["hyper_parameters"]["model"]
+    if cfg.task.name == "generate":
+        require("architecture" not in model, "ckpt_path", str(path), "a DRAW checkpoint with task=generate (this one is a classifier's: add task=classify)")
+        saved, groups = {**vars(DRAWConfig()), **model}, ("model", "attention")
+    else:
+        require("architecture" in model, "ckpt_path", str(path), "a classifier's checkpoint with task=classify (this one is DRAW's)")
+        saved, groups = {**classifier_defaults(model["architecture"]), **model}, ("model",)
+    for group in groups:
         for name, value in cfg[group].items():
             if (OmegaConf.to_object(value) if OmegaConf.is_config(value) else value) != saved.get(name):
                 raise UserError(

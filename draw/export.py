@@ -2,14 +2,16 @@
 
 Keeps the weights, the hyper-parameters and where training stood (epoch, step); drops the optimizer,
 loop and callback states, about two thirds of the file. The result still loads with
-DRAWModule.load_from_checkpoint and sample.py, but cannot resume training."""
+DRAWModule (or ClassifierModule).load_from_checkpoint and sample.py, but cannot resume training."""
 import sys
 
 import torch
 
 from draw.config import read_checkpoint
 
-KEPT = ("state_dict", "hyper_parameters", "hparams_name", "epoch", "global_step", "pytorch-lightning_version")
+# The data module's settings too: a classifier's pictures remake its test images from them.
+KEPT = ("state_dict", "hyper_parameters", "hparams_name", "epoch", "global_step", "pytorch-lightning_version",
+        "datamodule_hparams_name", "datamodule_hyper_parameters")
 
 
 def export(src, dst) -> dict:

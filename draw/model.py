@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from draw.attention import AttentionWindow, Filterbank, init_window
+from draw.attention import AttentionWindow, Filterbank, init_window, read
 
 @dataclass
 class DRAWConfig:
@@ -69,8 +69,7 @@ class AttentiveRead(nn.Module):
     def forward(self, x, x_hat, h_dec_prev):
         window, F_x, F_y = self.filterbank(self.params(h_dec_prev))  # (B, N, W), (B, N, H)
         images = torch.stack([x, x_hat], dim=1).view(-1, 2, self.height, self.width)  # (B, 2, H, W)
-        glimpses = F_y.unsqueeze(1) @ images @ F_x.transpose(1, 2).unsqueeze(1)  # (B, 2, N, N)
-        return window.gamma[:, None] * glimpses.flatten(1), window  # Eq. 27, (B, 2*N*N)
+        return read(images, window, F_x, F_y).flatten(1), window  # Eq. 27, (B, 2*N*N)
 
 
 class Write(nn.Module):

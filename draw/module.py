@@ -54,58 +54,24 @@ def lr_schedule(optimizer, scheduler: dict, total_steps: int) -> Optional[dict]:
     raise UserError(f"scheduler.name={name!r} is not a schedule: use one of {', '.join(SCHEDULES)}")
 
 
-class DRAWModule(pl.LightningModule):
-    """`model` holds DRAWConfig's fields, `optim` the optimizer (a `_partial_` config) and `scheduler` the
-    learning-rate schedule, all plain dicts, so a checkpoint's hyper-parameters rebuild the model with
-    `DRAWModule.load_from_checkpoint(path)` and no config at hand.
-
-    `kl_warmup_steps` > 0 trains on Lx + beta Lz with beta rising linearly from 0 to 1 over that many steps
-    (KL annealing, Bowman et al. 2016, a common remedy for latents left unused; it did not speed up the paper
-    model, docs/recipe.md). Only the gradient sees beta: every logged `loss` and `nll` is the true negative
-    ELBO, Lx + Lz.
+class TrainingModule(pl.LightningModule):
+    """What every task's LightningModule shares: the optimizer (`optim`, a `_partial_` config) and learning-rate
+    schedule (`scheduler`) from plain dicts, gradient clipping, and skipping non-finite steps.
 
     A step whose loss or gradient is not finite is skipped (no update, Adam's moments untouched) and
     counted; `max_nonfinite_steps` of them in a row stop training with a checkpoint of the weights before.
+    A subclass's training_step returns None for a non-finite loss after calling `_skip("loss")`.
     """
 
-    def __init__(self, model: dict, optim: dict, scheduler: Optional[dict] = None, kl_warmup_steps: int = 0):
+    def __init__(self):
         super().__init__()
-        self.save_hyperparameters()
-        self.model = DRAW(DRAWConfig(**model))
         # Run settings, not hyper-parameters: set by whoever runs the module.
-        self.iw_samples = 0  # samples per test image of the importance-weighted bound (0: ELBO only)
         self.max_nonfinite_steps = 10
         self.skipped_steps = 0
         self._nonfinite_in_a_row = 0
 
-    def _step(self, x: torch.Tensor, stage: str):
-        out = self.model(x)
-        lx, lz = out.lx.mean(), out.lz.mean()
-        loss = lx + lz  # Eq. 12: the negative ELBO, an upper bound on the NLL, in nats per image
-        on_step = stage == "train"
-        name = "loss" if stage == "train" else "nll"
-        # sync_dist: under DDP, validation and test means are taken over every rank's images.
-        log = dict(batch_size=len(x), on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
-        self.log(f"{stage}/{name}", loss, prog_bar=True, **log)
-        self.log_dict({f"{stage}/lx": lx, f"{stage}/lz": lz}, **log)
-        return lx, lz
-
-    @property
-    def kl_weight(self) -> float:
-        """beta of the training objective Lx + beta Lz at this step (1 without KL warm-up)."""
-        warmup = self.hparams.kl_warmup_steps
-        return min(1.0, (self.global_step + 1) / warmup) if warmup else 1.0
-
-    def training_step(self, x, batch_idx):
-        lx, lz = self._step(x, "train")
-        loss = lx + self.kl_weight * lz
+    def log_lr(self):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        if self.hparams.kl_warmup_steps:
-            self.log("train/kl_weight", self.kl_weight, on_step=True, on_epoch=False)
-        if not torch.isfinite(loss):
-            self._skip("loss")
-            return None  # Lightning then skips backward, and the optimizer finds no gradients
-        return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # Every step, 0 included: a flat line at 0 says as much as a rise would.
@@ -140,6 +106,58 @@ class DRAWModule(pl.LightningModule):
                 f"training stopped, the weights from before them are in {path}: lower optim.lr, or raise max_nonfinite_steps"
             )
 
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.parameters(), self.hparams.optim)
+        schedule = lr_schedule(optimizer, self.hparams.scheduler or {"name": "none"}, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": schedule} if schedule else optimizer
+
+
+class DRAWModule(TrainingModule):
+    """`model` holds DRAWConfig's fields, `optim` the optimizer (a `_partial_` config) and `scheduler` the
+    learning-rate schedule, all plain dicts, so a checkpoint's hyper-parameters rebuild the model with
+    `DRAWModule.load_from_checkpoint(path)` and no config at hand.
+
+    `kl_warmup_steps` > 0 trains on Lx + beta Lz with beta rising linearly from 0 to 1 over that many steps
+    (KL annealing, Bowman et al. 2016, a common remedy for latents left unused; it did not speed up the paper
+    model, docs/recipe.md). Only the gradient sees beta: every logged `loss` and `nll` is the true negative
+    ELBO, Lx + Lz.
+    """
+
+    def __init__(self, model: dict, optim: dict, scheduler: Optional[dict] = None, kl_warmup_steps: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = DRAW(DRAWConfig(**model))
+        self.iw_samples = 0  # a run setting: samples per test image of the importance-weighted bound (0: ELBO only)
+
+    def _step(self, x: torch.Tensor, stage: str):
+        out = self.model(x)
+        lx, lz = out.lx.mean(), out.lz.mean()
+        loss = lx + lz  # Eq. 12: the negative ELBO, an upper bound on the NLL, in nats per image
+        on_step = stage == "train"
+        name = "loss" if stage == "train" else "nll"
+        # sync_dist: under DDP, validation and test means are taken over every rank's images.
+        log = dict(batch_size=len(x), on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        self.log(f"{stage}/{name}", loss, prog_bar=True, **log)
+        self.log_dict({f"{stage}/lx": lx, f"{stage}/lz": lz}, **log)
+        return lx, lz
+
+    @property
+    def kl_weight(self) -> float:
+        """beta of the training objective Lx + beta Lz at this step (1 without KL warm-up)."""
+        warmup = self.hparams.kl_warmup_steps
+        return min(1.0, (self.global_step + 1) / warmup) if warmup else 1.0
+
+    def training_step(self, x, batch_idx):
+        lx, lz = self._step(x, "train")
+        loss = lx + self.kl_weight * lz
+        self.log_lr()
+        if self.hparams.kl_warmup_steps:
+            self.log("train/kl_weight", self.kl_weight, on_step=True, on_epoch=False)
+        if not torch.isfinite(loss):
+            self._skip("loss")
+            return None  # Lightning then skips backward, and the optimizer finds no gradients
+        return loss
+
     def validation_step(self, x, batch_idx):
         self._step(x, "val")
 
@@ -147,8 +165,3 @@ class DRAWModule(pl.LightningModule):
         if self.iw_samples:
             self.log("test/iw_nll", iw_nll(self.model, x, self.iw_samples).mean(), batch_size=len(x), sync_dist=True)
         self._step(x, "test")
-
-    def configure_optimizers(self):
-        optimizer = build_optimizer(self.parameters(), self.hparams.optim)
-        schedule = lr_schedule(optimizer, self.hparams.scheduler or {"name": "none"}, int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": schedule} if schedule else optimizer

@@ -17,16 +17,26 @@ from omegaconf import DictConfig
 # TensorBoard's event reader logs every file it opens ("Directory watcher advancing ...") at INFO.
 logging.getLogger("tensorboard").setLevel(logging.WARNING)
 
-COLUMNS = ["job", "overrides", "test/nll", "test/iw_nll", "test/lx", "test/lz", "best val/nll", "params", "epochs",
-           "steps", "wall_time_s", "train_images_per_s", "status", "reason"]
+RUN_COLUMNS = ["params", "epochs", "steps", "wall_time_s", "train_images_per_s", "status", "reason"]
+# Generation sweeps compare NLL bounds; classification sweeps (task=classify) compare errors, in %.
+COLUMNS = {"val/nll": ["job", "overrides", "test/nll", "test/iw_nll", "test/lx", "test/lz", "best val/nll", *RUN_COLUMNS],
+           "val/error": ["job", "overrides", "test/error", "test/nll", "best val/error", *RUN_COLUMNS]}
+TITLES = {
+    "val/nll": ["Test NLL bounds in nats per image, best job first. `test/nll` is the negative ELBO, the bound the paper",
+                "reports (80.97 with attention, 87.40 without); `test/iw_nll` is the importance-weighted bound",
+                "(Burda et al. 2016; tighter, not in the paper), present when eval.iw_samples > 0."],
+    "val/error": ["Test errors in % of the test images, best job first (the paper's Table 1: 4.18 with 4 glimpses,",
+                  "3.36 with 8); `test/nll` is the cross-entropy in nats per image."],
+}
+AXES = {"val/nll": "validation NLL bound (nats per image)", "val/error": "validation error (%)"}
 
 
 def job_dirs(sweep_dir: Path) -> list:
     return sorted((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")), key=lambda p: (len(p.name), p.name))
 
 
-def val_curve(job_dir: Path) -> list:
-    """(step, epoch, val/nll) triples from the job's validation.csv (every run writes it, whatever its logger),
+def val_curve(job_dir: Path, metric: str = "val/nll") -> list:
+    """(step, epoch, metric) triples from the job's validation.csv (every run writes it, whatever its logger),
     or from its TensorBoard events for runs from before that file; epoch counts from 1, the epoch in which
     that validation ran (at an epoch's end: the epochs trained)."""
     history = job_dir / "validation.csv"
@@ -35,7 +45,7 @@ def val_curve(job_dir: Path) -> list:
         with open(history, newline="") as f:
             for row in csv.DictReader(f):
                 try:
-                    curve.append((int(row["step"]), int(row["epoch"]), float(row["val/nll"])))
+                    curve.append((int(row["step"]), int(row["epoch"]), float(row[metric])))
                 except (KeyError, TypeError, ValueError):  # a row cut short by a kill
                     pass
         return curve
@@ -64,25 +74,37 @@ def read_metrics(job_dir: Path) -> dict:
     return _read(job_dir / "metrics.json", json.loads, {})
 
 
-def collect(sweep_dir: Path) -> list:
-    """One row per job, sorted by test NLL (unfinished and failed jobs last), with its validation curve."""
+def sweep_monitor(jobs: list) -> str:
+    """val/error for a classification sweep, val/nll for generation: what its runs' metrics.json name, or else their config."""
+    for job_dir in jobs:
+        monitor = read_metrics(job_dir).get("monitor") or _read(job_dir / ".hydra" / "config.yaml", yaml.safe_load, {}).get("task", {}).get("monitor")
+        if monitor:
+            return monitor
+    return "val/nll"
+
+
+def collect(sweep_dir: Path) -> tuple:
+    """The sweep's monitor and one row per job, sorted by its test value (unfinished and failed jobs last), with
+    its validation curve."""
     jobs = [(d, _read(d / ".hydra" / "overrides.yaml", yaml.safe_load, [])) for d in job_dirs(sweep_dir)]
+    monitor = sweep_monitor([d for d, _ in jobs])
+    test = monitor.replace("val/", "test/")
     # Label each job by the overrides that differ between jobs: what the sweep compares.
     shared = set.intersection(*(set(o) for _, o in jobs)) if len(jobs) > 1 else set()
     rows = []
     for job_dir, overrides in jobs:
         metrics = read_metrics(job_dir)
-        curve = val_curve(job_dir)
-        row = {column: metrics.get(column) for column in COLUMNS}
+        curve = val_curve(job_dir, monitor)
+        row = {column: metrics.get(column) for column in COLUMNS[monitor]}
         row.update(
             job=job_dir.name,
             overrides=" ".join(o for o in overrides if o not in shared) or " ".join(overrides) or "(defaults)",
             status=metrics.get("status", "completed" if metrics else "unfinished"),
             curve=curve,
         )
-        row["best val/nll"] = min((v for *_, v in curve), default=None)
+        row[f"best {monitor}"] = min((v for *_, v in curve), default=None)
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["test/nll"] is None, r["test/nll"] or math.inf))
+    return monitor, sorted(rows, key=lambda r: (r[test] is None, r[test] if r[test] is not None else math.inf))
 
 
 def _cell(value) -> str:
@@ -93,30 +115,29 @@ def _cell(value) -> str:
 
 def write_summary(sweep_dir) -> list:
     sweep_dir = Path(sweep_dir)
-    rows = collect(sweep_dir)
+    monitor, rows = collect(sweep_dir)
+    columns = COLUMNS[monitor]
     if not rows:
         raise SystemExit(f"error: {sweep_dir} holds no Hydra jobs (no */.hydra/overrides.yaml): give a multirun folder")
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = [
         f"# Sweep {sweep_dir}",
         "",
-        "Test NLL bounds in nats per image, best job first. `test/nll` is the negative ELBO, the bound the paper",
-        "reports (80.97 with attention, 87.40 without); `test/iw_nll` is the importance-weighted bound",
-        "(Burda et al. 2016; tighter, not in the paper), present when eval.iw_samples > 0.",
+        *TITLES[monitor],
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + " --- |" * len(COLUMNS),
+        "| " + " | ".join(columns) + " |",
+        "|" + " --- |" * len(columns),
     ]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
-    plot_curves(rows, sweep_dir / "curves.png")
+    plot_curves(rows, sweep_dir / "curves.png", AXES[monitor])
     return rows
 
 
-def plot_curves(rows: list, path: Path) -> None:
+def plot_curves(rows: list, path: Path, ylabel: str = AXES["val/nll"]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,7 +152,7 @@ def plot_curves(rows: list, path: Path) -> None:
             steps, epochs, values = zip(*row["curve"])
             ax.plot(epochs if by_epoch else steps, values, marker="o", markersize=3, label=row["overrides"])
     ax.set_xlabel("epoch" if by_epoch else "optimizer step")
-    ax.set_ylabel("validation NLL bound (nats per image)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)

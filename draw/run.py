@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from draw.callbacks import MidEpochCheckpoint, SaveOnInterrupt, TrainThroughput, ValidationHistory
+from draw.classifier_module import ClassifierModule
 from draw.config import check_same_model, read_checkpoint, validate_train_config
 from draw.errors import UserError
 from draw.module import DRAWModule
@@ -83,15 +84,45 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config", *
         return compose(config_name=config_name, overrides=list(overrides), **kwargs)
 
 
+# Each task's LightningModule (conf/task/).
+MODULES = {"generate": DRAWModule, "classify": ClassifierModule}
+
+
 def model_hparams(cfg: DictConfig) -> dict:
-    """DRAWConfig's fields from the `model` and `attention` groups, as plain Python types."""
-    return {**OmegaConf.to_container(cfg.model, resolve=True), **OmegaConf.to_container(cfg.attention, resolve=True)}
+    """The model's plain hyper-parameters: for DRAW, DRAWConfig's fields from the `model` and `attention` groups;
+    for a classifier, the `model` group's."""
+    groups = [cfg.model] + ([cfg.attention] if cfg.task.name == "generate" else [])
+    return {k: v for group in groups for k, v in OmegaConf.to_container(group, resolve=True).items()}
 
 
-def build_module(cfg: DictConfig) -> DRAWModule:
+def build_module(cfg: DictConfig):
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
-    return DRAWModule(model=model_hparams(cfg), optim=plain(cfg.optim), scheduler=plain(cfg.scheduler),
-                      kl_warmup_steps=cfg.kl_warmup_steps)
+    settings = dict(model=model_hparams(cfg), optim=plain(cfg.optim), scheduler=plain(cfg.scheduler))
+    if cfg.task.name == "generate":
+        settings["kl_warmup_steps"] = cfg.kl_warmup_steps
+    return MODULES[cfg.task.name](**settings)
+
+
+def describe(module) -> str:
+    """One line on the model: what it is, its parameters and its sizes."""
+    params = f"{sum(p.numel() for p in module.parameters()):,} parameters"
+    m = module.model.cfg
+    if isinstance(module, DRAWModule):
+        windows = lambda on, n: f"{n}x{n}" if on else "none"  # noqa: E731
+        return (f"model: DRAW, {params} (T={m.T}, z {m.z_size}, LSTMs {m.enc_size}/{m.dec_size}, "
+                f"read {windows(m.read_attention, m.read_n)}, write {windows(m.write_attention, m.write_n)})")
+    if module.hparams.model["architecture"] == "glimpse":
+        return f"model: glimpse classifier, {params} ({m.glimpses} glimpses of {m.read_n}x{m.read_n}, LSTM {m.hidden_size})"
+    return f"model: convolutional classifier, {params} (channels {list(m.channels)}, kernel {m.kernel})"
+
+
+def result_line(cfg: DictConfig, metrics: dict) -> str:
+    if cfg.task.name == "classify":
+        return f"test error: {metrics['test/error']:.2f} % (cross-entropy {metrics['test/nll']:.4f} nats)"
+    line = f"test NLL bound: {metrics['test/nll']:.2f} nats per image (Lx {metrics['test/lx']:.2f} + Lz {metrics['test/lz']:.2f})"
+    if cfg.eval.iw_samples:
+        line += f"; importance-weighted bound, K={cfg.eval.iw_samples}: {metrics['test/iw_nll']:.2f}"
+    return line
 
 
 def build_loggers(cfg: DictConfig, out: Path) -> list:
@@ -117,8 +148,8 @@ def resolve_ckpt_path(ckpt_path):
 
 
 def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resume_command: Optional[str] = None) -> dict:
-    """Fit on train/val (unless train=false), then evaluate the best checkpoint on the test set (fixed
-    binarization). Everything written goes under output_dir; metrics.json sums the run up."""
+    """Fit on train/val (unless train=false), then evaluate the best checkpoint (by task.monitor) on the test
+    set. Everything written goes under output_dir; metrics.json sums the run up."""
     started = time.perf_counter()
     silence_what_is_not_the_users_business()
     validate_train_config(cfg)
@@ -133,11 +164,12 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # a missing data set stops the run here, before any other work
+    monitor = cfg.task.monitor
     best = ModelCheckpoint(
         dirpath=out / "checkpoints",
-        filename="epoch{epoch:03d}-val_nll{val/nll:.2f}",
+        filename=f"epoch{{epoch:03d}}-{monitor.replace('/', '_')}{{{monitor}:.2f}}",
         auto_insert_metric_name=False,
-        monitor="val/nll",
+        monitor=monitor,
         mode="min",
     )
     # last.ckpt, overwritten: at every epoch's end, every checkpoint_every_n_steps steps and every
@@ -170,13 +202,9 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     if cfg.train:
         module = build_module(cfg)
     else:
-        module = DRAWModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+        module = MODULES[cfg.task.name].load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     if trainer.is_global_zero:
-        m = module.model.cfg
-        windows = lambda on, n: f"{n}x{n}" if on else "none"  # noqa: E731
-        log.info(f"model: DRAW, {sum(p.numel() for p in module.parameters()):,} parameters (T={m.T}, z {m.z_size}, "
-                 f"LSTMs {m.enc_size}/{m.dec_size}, read {windows(m.read_attention, m.read_n)}, "
-                 f"write {windows(m.write_attention, m.write_n)})")
+        log.info(describe(module))
     if cfg.compile:
         module.model.compile_steps(cfg.compile_steps_per_call)
     module.max_nonfinite_steps = cfg.max_nonfinite_steps
@@ -190,11 +218,13 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
             # Lightning ends a SIGTERM-ed fit with exit status 0; a scheduler must not read it as done.
             raise SystemExit(128 + signal.SIGTERM) from None
         evaluated = best.best_model_path or None  # no best when no validation ran
-    module.iw_samples = cfg.eval.iw_samples
+    if cfg.task.name == "generate":
+        module.iw_samples = cfg.eval.iw_samples
     results = trainer.test(module, datamodule=datamodule, ckpt_path=evaluated)
     metrics = {
         **{k: float(v) for k, v in results[0].items()},
-        "val/nll_best": float(best.best_model_score) if best.best_model_score is not None else None,
+        "monitor": monitor,
+        f"{monitor}_best": float(best.best_model_score) if best.best_model_score is not None else None,
         "skipped_steps": module.skipped_steps,
         "iw_samples": cfg.eval.iw_samples,
         "params": sum(p.numel() for p in module.parameters()),
@@ -208,17 +238,17 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     }
     if trainer.is_global_zero:
         write_metrics(out, metrics)
-        line = f"test NLL bound: {metrics['test/nll']:.2f} nats per image (Lx {metrics['test/lx']:.2f} + Lz {metrics['test/lz']:.2f})"
-        if cfg.eval.iw_samples:
-            line += f"; importance-weighted bound, K={cfg.eval.iw_samples}: {metrics['test/iw_nll']:.2f}"
-        log.info(line)
+        log.info(result_line(cfg, metrics))
         log.info(f"outputs: {out}")
     return metrics
 
 
 def objective(metrics: dict) -> float:
-    """What a sweeper minimises: the best validation NLL, or the test NLL when nothing was validated."""
-    return metrics["val/nll_best"] if metrics.get("val/nll_best") is not None else metrics["test/nll"]
+    """What a sweeper minimises: the best value of the run's monitor (validation NLL, or error for classification),
+    or its test value when nothing was validated."""
+    monitor = metrics.get("monitor", "val/nll")
+    best = metrics.get(f"{monitor}_best")
+    return best if best is not None else metrics[monitor.replace("val/", "test/")]
 
 
 def sweep_job(cfg: DictConfig, output_dir: str, overrides: Sequence[str], sweep_dir: str) -> Optional[float]:

@@ -1,7 +1,9 @@
 """Watch a trained DRAW draw: prior samples or reconstructions as a grid, a step picture, a GIF and the raw
-canvases. What sample.py runs, importable so tests can call it in-process."""
+canvases; or watch a trained classifier look (task=classify): its glimpses on test images. What sample.py
+runs, importable so tests can call it in-process."""
 import logging
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -10,20 +12,36 @@ from torchvision.utils import save_image
 
 from draw import viz
 from draw.config import check_cuda, read_checkpoint, require_int
-from draw.data import MNISTDataModule
+from draw.classifier import first_misclassified
+from draw.classifier_module import ClassifierModule
+from draw.data import ClutteredMNISTDataModule, MNISTDataModule
 from draw.errors import UserError
 from draw.module import DRAWModule
 
+# What ships with draw: the paper's MNIST DRAW, and the 8-glimpse cluttered MNIST classifier (mode=glimpses).
 PRETRAINED = Path(__file__).parent / "pretrained" / "draw_mnist.ckpt"
-MODES = ("prior", "reconstruct")
+PRETRAINED_CLASSIFIER = Path(__file__).parent / "pretrained" / "glimpse_cluttered_mnist.ckpt"
+DRAW_MODES = ("prior", "reconstruct")
+CLASSIFIER_MODES = ("glimpses",)
+DEFAULT_N = {"prior": 64, "reconstruct": 64, "glimpses": 8}
 
 
-def load_module(ckpt_path, device: str = "cpu") -> DRAWModule:
-    """A DRAWModule rebuilt from a checkpoint alone, in eval mode."""
-    path = Path(ckpt_path) if ckpt_path else PRETRAINED
-    read_checkpoint(path)  # one line for a missing, truncated or foreign file
-    module = DRAWModule.load_from_checkpoint(path, map_location=device, weights_only=True)
-    return module.eval()
+def load_module(ckpt_path, device: str = "cpu", mode: Optional[str] = None):
+    """The LightningModule a checkpoint alone rebuilds (DRAW's, or a classifier's), in eval mode, and the mode
+    to show it in: `mode`, checked against the checkpoint, or its kind's first mode. Without a checkpoint,
+    the one that ships for the mode."""
+    if mode is not None and mode not in DRAW_MODES + CLASSIFIER_MODES:
+        raise UserError(f"mode={mode!r} is not a mode: use one of {', '.join(DRAW_MODES + CLASSIFIER_MODES)}")
+    path = Path(ckpt_path) if ckpt_path else PRETRAINED_CLASSIFIER if mode in CLASSIFIER_MODES else PRETRAINED
+    checkpoint = read_checkpoint(path)  # one line for a missing, truncated or foreign file
+    is_classifier = "architecture" in checkpoint["hyper_parameters"]["model"]
+    modes = CLASSIFIER_MODES if is_classifier else DRAW_MODES
+    if mode is not None and mode not in modes:
+        kind = "a classifier's" if is_classifier else "DRAW's"
+        raise UserError(f"mode={mode} does not apply to ckpt_path={path}, {kind} checkpoint: use mode={' or mode='.join(modes)}")
+    module = (ClassifierModule if is_classifier else DRAWModule).load_from_checkpoint(path, map_location=device, weights_only=True)
+    module.data_settings = checkpoint.get("datamodule_hyper_parameters", {})
+    return module.eval(), mode or modes[0]
 
 
 def test_images(data_dir: str, n: int) -> torch.Tensor:
@@ -42,27 +60,29 @@ def window_arrays(prefix: str, windows) -> dict:
 
 
 def sample(cfg: DictConfig, output_dir: str) -> Path:
-    """Write samples.png, steps.png, samples.gif and canvases.npz into output_dir."""
-    if cfg.mode not in MODES:
-        raise UserError(f"mode={cfg.mode!r} is not a mode: use one of {', '.join(MODES)}")
-    require_int("n", cfg.n, 1)
+    """Write samples.png, steps.png, samples.gif and canvases.npz into output_dir; for a classifier, its glimpses."""
+    if cfg.n is not None:
+        require_int("n", cfg.n, 1)
     if cfg.T is not None:
         require_int("T", cfg.T, 1)
     require_int("scale", cfg.scale, 1)
     check_cuda("device", cfg.device)
     out = Path(output_dir)
+    module, mode = load_module(cfg.ckpt_path, cfg.device, cfg.mode)
     out.mkdir(parents=True, exist_ok=True)
+    n = cfg.n or DEFAULT_N[mode]
+    if mode == "glimpses":
+        return show_glimpses(module, cfg, n, out)
     torch.manual_seed(cfg.seed)
-    module = load_module(cfg.ckpt_path, cfg.device)
     model = module.model
     H, W = model.cfg.height, model.cfg.width
     originals = None
     with torch.no_grad():
-        if cfg.mode == "prior":
-            canvases, write_windows = model.sample(cfg.n, T=cfg.T)  # (T, n, H, W)
+        if mode == "prior":
+            canvases, write_windows = model.sample(n, T=cfg.T)  # (T, n, H, W)
             read_windows = []
         else:
-            originals = test_images(cfg.data.data_dir, cfg.n).to(cfg.device)  # (n, H, W)
+            originals = test_images(cfg.data.data_dir, n).to(cfg.device)  # (n, H, W)
             trace = model(originals, record=True, T=cfg.T)
             canvases = torch.sigmoid(torch.stack(trace.canvases)).view(-1, len(originals), H, W)
             read_windows, write_windows = trace.read_windows, trace.write_windows
@@ -85,5 +105,28 @@ def sample(cfg: DictConfig, output_dir: str) -> Path:
     if originals is not None:
         arrays["originals"] = originals.numpy().astype(np.float32)
     np.savez_compressed(out / "canvases.npz", **arrays)
-    logging.getLogger("draw").info(f"{cfg.mode}: {n} images over {len(canvases)} steps written to {out}")
+    logging.getLogger("draw").info(f"{mode}: {n} images over {len(canvases)} steps written to {out}")
+    return out
+
+
+def show_glimpses(module: ClassifierModule, cfg: DictConfig, n: int, out: Path) -> Path:
+    """A classifier's first n test images with its glimpses (glimpses.png, glimpses.gif, one glimpse more each
+    frame), and its first n misclassified test images (misclassified.png). The test images are remade from the
+    checkpoint's data settings (their fixed seed), so they are the images its test error was measured on."""
+    settings = {**module.data_settings, "data_dir": cfg.data.data_dir, "batch_size": 500}
+    datamodule = ClutteredMNISTDataModule(**settings)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    x, y = next(iter(datamodule.test_dataloader()))
+    first = (x[:n].to(cfg.device), y[:n].to(cfg.device))
+    wrong_x, wrong_y = first_misclassified(module.model, datamodule.test_dataloader(), n, cfg.device)
+    picture, frames, predicted = viz.classify_and_show(module.model, *first, scale=cfg.scale)
+    picture.save(out / "glimpses.png")
+    if frames:  # a convolutional baseline has no glimpses
+        viz.save_gif(frames, out / "glimpses.gif", frame_ms=700, hold_ms=2000)
+    if len(wrong_x):
+        viz.classify_and_show(module.model, wrong_x, wrong_y, scale=cfg.scale)[0].save(out / "misclassified.png")
+    right = int((predicted == first[1].cpu()).sum())
+    logging.getLogger("draw").info(f"classify: {right} of {len(predicted)} test images right, their glimpses and "
+                                   f"{len(wrong_x)} misclassified ones written to {out}")
     return out

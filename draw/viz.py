@@ -100,3 +100,62 @@ def save_gif(images: list, path: Path, frame_ms: int = 100, hold_ms: int = 1500)
     """One frame per step; the last frame is held for hold_ms (a longer duration, not extra frames)."""
     durations = [frame_ms] * (len(images) - 1) + [hold_ms]
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Glimpses of a classifier (Section 4.1): where each glimpse looked, and what it saw.
+
+GLIMPSE_COLOURS = [(255, 230, 0), (255, 160, 0), (255, 90, 0), (230, 30, 30), (200, 0, 120), (150, 0, 200), (80, 60, 255), (0, 150, 255)]
+LABEL_HEIGHT = 12  # pixels of text above each row
+
+
+def glimpse_colour(t: int, count: int):
+    """Glimpse t of count: yellow for the first, through red, to blue for the last (of up to 8; cycled beyond)."""
+    step = max(1, len(GLIMPSE_COLOURS) // max(count, 1))
+    return GLIMPSE_COLOURS[(t * step) % len(GLIMPSE_COLOURS)]
+
+
+def glimpse_rows(images: torch.Tensor, windows: Sequence[AttentionWindow], contents: Sequence[torch.Tensor], N: int,
+                 predicted: torch.Tensor, labels: torch.Tensor, shown: Optional[int] = None, scale: int = 2) -> Image.Image:
+    """One row per image (n, H, W): the image with the windows of the first `shown` glimpses drawn and numbered,
+    then what each of those glimpses saw (N x N, enlarged to the image's height, each scaled to its own
+    brightest pixel), with "predicted (true)" above the image, red where they differ. contents: (n, N, N) per glimpse."""
+    n, H, W = images.shape
+    count = len(windows)
+    shown = count if shown is None else shown
+    cell_w, cell_h = W * scale + 2 * PAD, H * scale + LABEL_HEIGHT + PAD
+    canvas = Image.new("RGB", (cell_w * (1 + count), cell_h * n), (128, 128, 128))
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        top = i * cell_h + LABEL_HEIGHT
+        image = to_pil(images[i].expand(3, H, W)).resize((W * scale, H * scale), Image.NEAREST)
+        canvas.paste(image, (PAD, top))
+        right = int(predicted[i]) == int(labels[i])
+        draw.text((PAD, i * cell_h), f"{int(predicted[i])} (true {int(labels[i])})", fill=(255, 255, 255) if right else (255, 40, 40))
+        for t in range(shown):
+            colour = glimpse_colour(t, count)
+            draw_window(draw, windows[t], i, N, (PAD, top, W, H), scale, colour)
+            g_x, g_y = windows[t].g_x[i].item() - 0.5, windows[t].g_y[i].item() - 0.5
+            draw.text((PAD + min(max(g_x, 0), W - 4) * scale, top + min(max(g_y, 0), H - 6) * scale - 5), str(t + 1), fill=colour)
+            seen = contents[t][i]
+            seen = seen / seen.max().clamp(min=1e-8)
+            patch = to_pil(seen.expand(3, N, N)).resize((W * scale, H * scale), Image.NEAREST)
+            left = (1 + t) * cell_w + PAD
+            canvas.paste(patch, (left, top))
+            draw.text((left, i * cell_h), str(t + 1), fill=colour)
+    return canvas
+
+
+def glimpse_frames(images, windows, contents, N, predicted, labels, scale: int = 2) -> list:
+    """The glimpses one after another: frame t shows glimpses 1..t."""
+    return [glimpse_rows(images, windows, contents, N, predicted, labels, shown=t, scale=scale) for t in range(1, len(windows) + 1)]
+
+
+def classify_and_show(model, x: torch.Tensor, y: torch.Tensor, scale: int = 2):
+    """Run a classifier (draw/classifier.py) on images x (n, H, W) with labels y (n,): its glimpse_rows picture,
+    its frames (one more glimpse each), and its predictions (n,)."""
+    with torch.no_grad():
+        out = model(x, record=True)
+    predicted = out.logits.argmax(1).cpu()
+    args = (x.cpu(), out.windows, [g.cpu() for g in out.glimpses], getattr(model.cfg, "read_n", 0), predicted, y.cpu())
+    return glimpse_rows(*args, scale=scale), glimpse_frames(*args, scale=scale), predicted

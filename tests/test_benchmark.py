@@ -27,5 +27,15 @@ def test_export_keeps_what_sampling_needs(trained_run, tmp_path):
     src, dst = run / "checkpoints" / "last.ckpt", tmp_path / "small.ckpt"
     export(src, dst)
     assert dst.stat().st_size < src.stat().st_size
-    module = load_module(dst)
-    assert module.model.cfg.T == 3
+    module, mode = load_module(dst)
+    assert module.model.cfg.T == 3 and mode == "prior"
+
+
+def test_benchmark_of_a_classifier_times_its_steps_and_its_data():
+    overrides = ["task=classify", "model.glimpses=2", "model.read_n=4", "model.hidden_size=8", "data.batch_size=8"]
+    proc = subprocess.run([sys.executable, "-m", "draw.benchmark", *overrides], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["config"] == " ".join(overrides)
+    assert result["train_images_per_s"] > 0 and result["data_ms_per_batch"] > 0 and result["step_ms_median"] > 0

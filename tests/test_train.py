@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from conftest import ROOT, TINY_RUN, compose_config, job_folder, run_script
 from draw.module import DRAWModule
 from draw.report import val_curve, write_summary
-from draw.run import build_module
+from draw.run import build_module, model_hparams
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 ATTENTIONS = sorted(p.stem for p in (ROOT / "conf" / "attention").glob("*.yaml"))
@@ -23,7 +23,8 @@ def test_every_config_composes_and_instantiates(overrides):
     module = build_module(cfg)
     datamodule = instantiate(cfg.data)
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    assert module.model.cfg.T == cfg.model.T and datamodule.hparams.batch_size == cfg.data.batch_size
+    assert all(getattr(module.model.cfg, k) == v for k, v in model_hparams(cfg).items() if k != "architecture")
+    assert datamodule.hparams.batch_size == cfg.data.batch_size
     assert trainer.max_epochs == cfg.trainer.max_epochs or trainer.fast_dev_run
 
 

@@ -1,11 +1,11 @@
 """MNIST for DRAW: the 50k/10k/10k split and binarization, served from memory in whole batches."""
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.datasets import MNIST
 
+from draw.data.base import DataModule
 from draw.errors import UserError
 
 BINARIZATIONS = ("dynamic", "fixed", "threshold", "none")
@@ -22,12 +22,18 @@ def check_binarization(mode: str, key: str = "binarization") -> str:
 
 
 def load_mnist(data_dir: str, train: bool) -> torch.Tensor:
-    """The uint8 images (N, 28, 28) of torchvision's MNIST under data_dir, downloaded there if absent.
-    A failed download leaves no folder behind that was not there before."""
+    """The uint8 images (N, 28, 28) of torchvision's MNIST under data_dir, downloaded there if absent."""
+    return load_labelled_mnist(data_dir, train)[0]
+
+
+def load_labelled_mnist(data_dir: str, train: bool):
+    """The uint8 images (N, 28, 28) and int64 labels (N,) of torchvision's MNIST under data_dir, downloaded
+    there if absent. A failed download leaves no folder behind that was not there before."""
     raw = Path(data_dir).resolve() / "MNIST" / "raw"
     before = [folder for folder in (raw, *raw.parents) if not folder.exists()]
     try:
-        return MNIST(data_dir, train=train, download=True).data
+        mnist = MNIST(data_dir, train=train, download=True)
+        return mnist.data, mnist.targets
     except (RuntimeError, OSError) as e:  # no network, or a folder that cannot be written
         for folder in before:  # innermost first; rmdir refuses a folder that holds anything
             try:
@@ -70,11 +76,7 @@ class BinarizedImages(Dataset):
         return torch.bernoulli(batch) if self.mode == "dynamic" else batch
 
 
-def _batch_as_is(batch):
-    return batch
-
-
-class MNISTDataModule(pl.LightningDataModule):
+class MNISTDataModule(DataModule):
     """The 60k MNIST train file split into its first 60k - val_size images (train) and its last val_size
     (validation); the 10k test file for test."""
 
@@ -92,7 +94,6 @@ class MNISTDataModule(pl.LightningDataModule):
         check_binarization(binarization, "data.binarization")
         check_binarization(eval_binarization, "data.eval_binarization")
         self.save_hyperparameters()
-        self.datasets = {}
 
     def prepare_data(self):
         for train in (True, False):
@@ -111,30 +112,3 @@ class MNISTDataModule(pl.LightningDataModule):
         if stage in (None, "test", "predict") and "test" not in self.datasets:
             test_file = load_mnist(hp.data_dir, train=False)
             self.datasets["test"] = BinarizedImages(test_file, hp.eval_binarization, hp.binarization_seed + 1)
-
-    @property
-    def per_process_batch_size(self) -> int:
-        """data.batch_size is the global batch: under DDP each process takes its share."""
-        processes = self.trainer.world_size if self.trainer is not None else 1
-        if self.hparams.batch_size % processes:
-            raise UserError(f"data.batch_size={self.hparams.batch_size} must divide among {processes} processes")
-        return self.hparams.batch_size // processes
-
-    def _loader(self, split: str, shuffle: bool = False):
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.per_process_batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            collate_fn=_batch_as_is,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")
