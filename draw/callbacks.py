@@ -13,6 +13,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from draw import viz
 from draw.classifier import first_misclassified
+from draw.model import image_shape
 
 
 PICTURE_LOGGERS = (TensorBoardLogger, WandbLogger, MLFlowLogger)
@@ -44,18 +45,17 @@ class DrawingImages(pl.Callback):
         if trainer.sanity_checking or not loggers or not trainer.is_global_zero:
             return
         step, model = trainer.global_step, module.model
-        H, W = model.cfg.height, model.cfg.width
         x = next(iter(trainer.val_dataloaders))[: self.n].to(module.device)
         devices = [module.device] if module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(self.seed)
-            canvases, _ = model.sample(self.n)  # (T, n, H, W)
+            canvases, _ = model.sample(self.n)  # (T, n, [C,] H, W)
             out = model(x, record=True)
-        reconstructions = torch.sigmoid(out.canvases[-1]).view(-1, H, W)
+        reconstructions = torch.sigmoid(out.canvases[-1]).view(-1, *image_shape(model.cfg))
         pictures = {
             "samples": viz.grid_of(canvases[-1]),
             "samples_over_steps": viz.steps_picture(canvases[:, : self.steps_shown]),
-            "reconstructions": viz.grid_of(reconstructions, x.view(-1, H, W)),
+            "reconstructions": viz.grid_of(reconstructions, x.view_as(reconstructions)),
         }
         for logger in loggers:
             for tag, image in pictures.items():

@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+import hydra
 import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -49,7 +50,9 @@ def check_accelerator(key: str, value: str) -> None:
 
 
 # Each task and the data modules it can learn from (conf/task/, conf/data/).
-TASK_DATA = {"generate": ("draw.data.MNISTDataModule",), "classify": ("draw.data.ClutteredMNISTDataModule",)}
+TASK_DATA = {"generate": ("draw.data.MNISTDataModule", "draw.data.TwoDigitMNISTDataModule", "draw.data.SVHNDataModule",
+                          "draw.data.CIFAR10DataModule"),
+             "classify": ("draw.data.ClutteredMNISTDataModule",)}
 
 
 def check_window_init(key: str, init) -> None:
@@ -62,8 +65,10 @@ def check_draw_config(cfg: DictConfig) -> None:
     m, a, d = cfg.model, cfg.attention, cfg.data
     for key in ("T", "z_size", "enc_size", "dec_size"):
         require_int(f"model.{key}", m[key], 1)
-    for key in ("height", "width"):
-        require(m[key] == MNIST_SIZE, f"model.{key}", m[key], f"{MNIST_SIZE}, the size of MNIST's images")
+    for key in ("channels", "height", "width"):
+        require_int(f"data.{key}", d[key], 1)
+        require(m[key] == d[key], f"model.{key}", m[key], f"data.{key} ({d[key]}), the images' own")
+    hydra.utils.get_class(d._target_).check_shape(d.channels, d.height, d.width)
     for key in ("read_n", "write_n"):
         require_int(f"attention.{key}", a[key], 1, min(m.height, m.width))
     for window in ("read_init", "write_init"):

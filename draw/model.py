@@ -1,9 +1,10 @@
 """DRAW (Gregor et al. 2015, "DRAW: A Recurrent Neural Network For Image Generation", arXiv 1502.04623).
 
 Plain PyTorch, no Lightning or Hydra. Equation numbers are the paper's; the attention windows themselves
-(Section 3.2: Eqs. 19-26 and where a window starts) are in draw/attention.py. Shapes: B batch, H x W image
-(the paper's B x A; pixel coordinates run 1..W and 1..H as Eqs. 22-23 assume), N glimpse size,
-Z latent size, T steps. The canvas is kept flat, (B, H*W), and viewed as (B, H, W) where attention needs it.
+(Section 3.2: Eqs. 19-26 and where a window starts) are in draw/attention.py. Shapes: B batch, C channels
+(1 grey, 3 colour), H x W image (the paper's B x A; pixel coordinates run 1..W and 1..H as Eqs. 22-23 assume),
+N glimpse size, Z latent size, T steps. The canvas is kept flat, (B, C*H*W), and viewed as (B, C, H, W) where
+attention needs it; for colour, read and write apply the same window to every channel, as the paper does.
 """
 import math
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from draw.attention import AttentionWindow, Filterbank, init_window, read
 class DRAWConfig:
     height: int = 28
     width: int = 28
+    channels: int = 1  # a checkpoint from before colour has none: grey
     T: int = 64
     z_size: int = 100
     enc_size: int = 256
@@ -34,7 +36,12 @@ class DRAWConfig:
 
 # ----------------------------------------------------------------------------------------------------
 # Read and write. Each read maps (x, x_hat, h_dec_prev) to (r, window); each write maps h_dec to
-# (canvas update (B, H*W), window). The window is None without attention.
+# (canvas update (B, C*H*W), window). The window is None without attention.
+
+
+def image_shape(cfg: DRAWConfig) -> tuple:
+    """One image's shape as the model hands it out: (H, W) for grey images, (C, H, W) for colour."""
+    return (cfg.height, cfg.width) if cfg.channels == 1 else (cfg.channels, cfg.height, cfg.width)
 
 
 class Read(nn.Module):
@@ -45,31 +52,31 @@ class Read(nn.Module):
 
     def __init__(self, cfg: DRAWConfig):
         super().__init__()
-        self.fixed_size = self.out_size = cfg.height * cfg.width
+        self.fixed_size = self.out_size = cfg.channels * cfg.height * cfg.width
 
     def fixed(self, x):
-        return x  # (B, H*W)
+        return x  # (B, C*H*W)
 
     def forward(self, x, x_hat, h_dec_prev):
-        return x_hat, None  # (B, H*W)
+        return x_hat, None  # (B, C*H*W)
 
 
 class AttentiveRead(nn.Module):
-    """Eq. 27: gamma [F_Y x F_X^T, F_Y x_hat F_X^T], the window placed by h_dec_{t-1}."""
+    """Eq. 27: gamma [F_Y x F_X^T, F_Y x_hat F_X^T], the window placed by h_dec_{t-1}, on every channel."""
 
     def __init__(self, cfg: DRAWConfig):
         super().__init__()
-        self.height, self.width = cfg.height, cfg.width
+        self.shape = (2 * cfg.channels, cfg.height, cfg.width)
         self.fixed_size = 0  # every glimpse depends on the step
-        self.out_size = 2 * cfg.read_n * cfg.read_n
+        self.out_size = 2 * cfg.channels * cfg.read_n * cfg.read_n
         self.params = nn.Linear(cfg.dec_size, 5)  # Eq. 21
         self.filterbank = Filterbank(cfg.read_n, cfg.height, cfg.width)
         init_window(self.params, cfg.read_n, cfg.height, cfg.width, **cfg.read_init)
 
     def forward(self, x, x_hat, h_dec_prev):
         window, F_x, F_y = self.filterbank(self.params(h_dec_prev))  # (B, N, W), (B, N, H)
-        images = torch.stack([x, x_hat], dim=1).view(-1, 2, self.height, self.width)  # (B, 2, H, W)
-        return read(images, window, F_x, F_y).flatten(1), window  # Eq. 27, (B, 2*N*N)
+        images = torch.stack([x, x_hat], dim=1).view(-1, *self.shape)  # (B, 2*C, H, W)
+        return read(images, window, F_x, F_y).flatten(1), window  # Eq. 27, (B, 2*C*N*N)
 
 
 class Write(nn.Module):
@@ -77,28 +84,28 @@ class Write(nn.Module):
 
     def __init__(self, cfg: DRAWConfig):
         super().__init__()
-        self.canvas = nn.Linear(cfg.dec_size, cfg.height * cfg.width)
+        self.canvas = nn.Linear(cfg.dec_size, cfg.channels * cfg.height * cfg.width)
 
     def forward(self, h_dec):
-        return self.canvas(h_dec), None  # (B, H*W)
+        return self.canvas(h_dec), None  # (B, C*H*W)
 
 
 class AttentiveWrite(nn.Module):
-    """Eqs. 28-29: an N x N patch w_t written through the transposed filterbank, scaled by 1/gamma."""
+    """Eqs. 28-29: an N x N patch w_t (one per channel) written through the transposed filterbank, scaled by 1/gamma."""
 
     def __init__(self, cfg: DRAWConfig):
         super().__init__()
-        self.N = cfg.write_n
+        self.N, self.C = cfg.write_n, cfg.channels
         # Eq. 21's five window parameters and Eq. 28's patch both come from h_dec_t: one matmul.
-        self.params_and_patch = nn.Linear(cfg.dec_size, 5 + self.N * self.N)
+        self.params_and_patch = nn.Linear(cfg.dec_size, 5 + self.C * self.N * self.N)
         self.filterbank = Filterbank(cfg.write_n, cfg.height, cfg.width)
         init_window(self.params_and_patch, cfg.write_n, cfg.height, cfg.width, **cfg.write_init)
 
     def forward(self, h_dec):
-        params, patch = self.params_and_patch(h_dec).split([5, self.N * self.N], dim=1)
+        params, patch = self.params_and_patch(h_dec).split([5, self.C * self.N * self.N], dim=1)
         window, F_x, F_y = self.filterbank(params)  # (B, N, W), (B, N, H)
-        w = patch.view(-1, self.N, self.N)  # Eq. 28, (B, N, N)
-        update = F_y.transpose(1, 2) @ w @ F_x / window.gamma[:, None, None]  # Eq. 29, (B, H, W)
+        w = patch.view(-1, self.C, self.N, self.N)  # Eq. 28, (B, C, N, N)
+        update = F_y.transpose(1, 2).unsqueeze(1) @ w @ F_x.unsqueeze(1) / window.gamma[:, None, None, None]  # Eq. 29, (B, C, H, W)
         return update.flatten(1), window
 
 
@@ -121,7 +128,7 @@ class DRAWOutput:
     lz: torch.Tensor  # (B,) latent loss, nats, Eq. 10
     kl_steps: torch.Tensor  # (B, T) the KL of each step; lz is its sum over T
     # Filled with record=True: every step's canvas logits, latents and attention windows.
-    canvases: list = field(default_factory=list)  # T x (B, H*W)
+    canvases: list = field(default_factory=list)  # T x (B, C*H*W)
     latents: list = field(default_factory=list)  # T x (B, Z)
     posteriors: list = field(default_factory=list)  # T x (mu, log_sigma), each (B, Z)
     read_windows: list = field(default_factory=list)  # T x AttentionWindow (or None)
@@ -140,7 +147,7 @@ class DRAWOutput:
 class StepRecording(NamedTuple):
     """What a step shows of itself (for pictures and the importance-weighted bound)."""
 
-    canvas: torch.Tensor  # (B, H*W) c_t
+    canvas: torch.Tensor  # (B, C*H*W) c_t
     z: torch.Tensor  # (B, Z)
     mu: torch.Tensor  # (B, Z)
     log_sigma: torch.Tensor  # (B, Z)
@@ -199,7 +206,7 @@ class DRAW(nn.Module):
     def __init__(self, cfg: DRAWConfig):
         super().__init__()
         self.cfg = cfg
-        pixels = cfg.height * cfg.width
+        pixels = cfg.channels * cfg.height * cfg.width
         self.read = AttentiveRead(cfg) if cfg.read_attention else Read(cfg)
         self.write = AttentiveWrite(cfg) if cfg.write_attention else Write(cfg)
         self.encoder = nn.LSTMCell(self.read.fixed_size + self.read.out_size + cfg.dec_size, cfg.enc_size)  # Eq. 5
@@ -259,9 +266,9 @@ class DRAW(nn.Module):
         self.compiled_decode = torch.compile(self.decode)
 
     def forward(self, x: torch.Tensor, record: bool = False, T: Optional[int] = None) -> DRAWOutput:
-        """x (B, H, W) or (B, H*W) in [0, 1] -> the loss parts; with record, every step's canvas too.
+        """x (B, H, W), (B, C, H, W) or flat (B, C*H*W) in [0, 1] -> the loss parts; with record, every step's canvas too.
         T steps (default: as configured)."""
-        x = x.flatten(1)  # (B, H*W)
+        x = x.flatten(1)  # (B, C*H*W)
         c, (h_enc, c_enc), (h_dec, c_dec) = self.initial_state(x.shape[0])
         state = (c, h_enc, c_enc, h_dec, c_dec)
         # Eq. 5's input is [r_t, h_dec_{t-1}]; the part of r_t that is the same at every step (x itself,
@@ -312,7 +319,8 @@ class DRAW(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, T: Optional[int] = None):
-        """Eqs. 13-16: draw from the prior. Returns canvases (T, n, H, W) as probabilities and the write windows."""
+        """Eqs. 13-16: draw from the prior. Returns canvases (T, n, H, W), or (T, n, C, H, W) for colour, as
+        probabilities, and the write windows."""
         c, _, (h_dec, c_dec) = self.initial_state(n)
         w_dec, b_dec = merged_lstm_weights(self.decoder)
         decode = self.compiled_decode or self.decode
@@ -322,7 +330,7 @@ class DRAW(nn.Module):
             c, h_dec, c_dec, window, _ = decode(z, c, h_dec, c_dec, w_dec, b_dec)  # Eqs. 14-15
             canvases.append(torch.sigmoid(c))  # D(X | c_t); Eq. 16 samples from the last one
             windows.append(window)
-        return torch.stack(canvases).view(-1, n, self.cfg.height, self.cfg.width), windows
+        return torch.stack(canvases).view(-1, n, *image_shape(self.cfg)), windows
 
 
 # ----------------------------------------------------------------------------------------------------

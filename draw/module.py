@@ -139,6 +139,9 @@ class DRAWModule(TrainingModule):
         log = dict(batch_size=len(x), on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         self.log(f"{stage}/{name}", loss, prog_bar=True, **log)
         self.log_dict({f"{stage}/lx": lx, f"{stage}/lz": lz}, **log)
+        if stage != "train":  # the unit colour models are compared in: the bound over log 2 and every dimension
+            cfg = self.model.cfg
+            self.log(f"{stage}/bits_per_dim", loss / (math.log(2) * cfg.channels * cfg.height * cfg.width), **log)
         return lx, lz
 
     @property

@@ -16,6 +16,7 @@ from draw.classifier import first_misclassified
 from draw.classifier_module import ClassifierModule
 from draw.data import ClutteredMNISTDataModule, MNISTDataModule
 from draw.errors import UserError
+from draw.model import image_shape
 from draw.module import DRAWModule
 
 # What ships with draw: the paper's MNIST DRAW, and the 8-glimpse cluttered MNIST classifier (mode=glimpses).
@@ -75,16 +76,18 @@ def sample(cfg: DictConfig, output_dir: str) -> Path:
         return show_glimpses(module, cfg, n, out)
     torch.manual_seed(cfg.seed)
     model = module.model
-    H, W = model.cfg.height, model.cfg.width
     originals = None
     with torch.no_grad():
         if mode == "prior":
-            canvases, write_windows = model.sample(n, T=cfg.T)  # (T, n, H, W)
+            canvases, write_windows = model.sample(n, T=cfg.T)  # (T, n, [C,] H, W)
             read_windows = []
         else:
+            if (model.cfg.channels, model.cfg.height, model.cfg.width) != (1, 28, 28):
+                raise UserError("mode=reconstruct reads MNIST's test images: this model draws "
+                                f"{model.cfg.channels} x {model.cfg.height} x {model.cfg.width} images; use mode=prior")
             originals = test_images(cfg.data.data_dir, n).to(cfg.device)  # (n, H, W)
             trace = model(originals, record=True, T=cfg.T)
-            canvases = torch.sigmoid(torch.stack(trace.canvases)).view(-1, len(originals), H, W)
+            canvases = torch.sigmoid(torch.stack(trace.canvases)).view(-1, len(originals), *image_shape(model.cfg))
             read_windows, write_windows = trace.read_windows, trace.write_windows
     canvases, n = canvases.cpu(), canvases.shape[1]
     originals = None if originals is None else originals.cpu()

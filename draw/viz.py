@@ -1,4 +1,5 @@
-"""Pictures of DRAW drawing: grids, step pictures, GIFs and attention boxes. Images are probabilities in [0, 1]."""
+"""Pictures of DRAW drawing: grids, step pictures, GIFs and attention boxes. Images are probabilities in [0, 1],
+each (H, W) grey or (C, H, W) colour."""
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -15,8 +16,9 @@ PAD = 2  # pixels between the cells of a grid
 
 
 def grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    """(n, H, W) -> one (3, H', W') grid image, nrow images per row."""
-    return make_grid(images.unsqueeze(1).float().clamp(0, 1), nrow=nrow, padding=PAD, pad_value=0.5)
+    """(n, H, W) or (n, C, H, W) -> one (3, H', W') grid image, nrow images per row."""
+    images = images if images.dim() == 4 else images.unsqueeze(1)
+    return make_grid(images.float().clamp(0, 1), nrow=nrow, padding=PAD, pad_value=0.5)
 
 
 def layout(images: torch.Tensor, originals: Optional[torch.Tensor] = None):
@@ -68,11 +70,11 @@ def frames(
     extra: Optional[torch.Tensor] = None,
     scale: int = 1,
 ) -> list:
-    """canvases (T, n, H, W) -> T PIL frames, each a grid of the n canvases at that step, enlarged `scale`
+    """canvases (T, n, [C,] H, W) -> T PIL frames, each a grid of the n canvases at that step, enlarged `scale`
     times; windows given are drawn as boxes (read red, write green). `extra` (n, H, W) sits beside each
     canvas (the originals of a reconstruction), and the read boxes are drawn on it too: a read looks at the
     image and the canvas's error alike."""
-    T, n, H, W = canvases.shape
+    (T, n), (H, W) = canvases.shape[:2], canvases.shape[-2:]
     per_image = 1 if extra is None else 2
     canvas_cells = [[(i + 1) * per_image - 1] for i in range(n)]
     image_cells = [list(range(i * per_image, (i + 1) * per_image)) for i in range(n)]  # the original's too

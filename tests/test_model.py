@@ -3,7 +3,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from draw.attention import Filterbank
-from draw.model import DRAW, AttentiveRead, AttentiveWrite, DRAWConfig, gaussian_kl
+from draw.model import DRAW, AttentiveRead, AttentiveWrite, DRAWConfig, gaussian_kl, iw_nll
 
 ATTENTIONS = [(False, False), (True, False), (False, True), (True, True)]
 
@@ -207,14 +207,20 @@ def reference_forward(model: DRAW, x: torch.Tensor):
     return torch.nn.functional.binary_cross_entropy_with_logits(c, x, reduction="none").sum(1) + kl
 
 
+# Grey MNIST, and a non-square colour image (C, H, W).
+SHAPES = [(1, 28, 28), (3, 12, 20)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["grey", "colour"])
 @pytest.mark.parametrize("read_attention,write_attention", ATTENTIONS)
-def test_fast_path_gives_the_reference_loss_and_gradients(read_attention, write_attention):
+def test_fast_path_gives_the_reference_loss_and_gradients(read_attention, write_attention, shape):
     torch.manual_seed(0)
-    model = DRAW(small_config(read_attention, write_attention, T=5))
+    C, H, W = shape
+    model = DRAW(small_config(read_attention, write_attention, T=5, channels=C, height=H, width=W))
     with torch.no_grad():  # biases and initial states away from zero, so that every term is exercised
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    x = (torch.rand(6, 28, 28) < 0.3).float()
+    x = (torch.rand(6, C, H, W) < 0.3).float()
     losses, grads = [], []
     for forward in (lambda: model(x).nll_bound, lambda: reference_forward(model, x)):
         torch.manual_seed(1)  # the same noise for both
@@ -269,3 +275,28 @@ def test_bf16_autocast_gives_nearly_the_fp32_loss_and_finite_gradients(read_atte
         losses.append(loss.item())
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert losses[1] == pytest.approx(losses[0], rel=0.02)
+
+
+def test_colour_read_and_write_apply_one_window_to_every_channel():
+    """A colour read is the grey read of each channel under the same window; a colour write, each channel's patch
+    written through that window."""
+    torch.manual_seed(0)
+    colour, grey = (small_config(channels=C, height=12, width=20) for C in (3, 1))
+    read_c, read_g = AttentiveRead(colour), AttentiveRead(grey)
+    read_g.load_state_dict(read_c.state_dict())
+    x, x_hat, h = torch.rand(4, 3 * 12 * 20), torch.rand(4, 3 * 12 * 20), torch.randn(4, 32)
+    glimpses, _ = read_c(x, x_hat, h)  # (B, 2*C*N*N): x's channels, then x_hat's
+    per_channel = [read_g(x.view(4, 3, -1)[:, k], x_hat.view(4, 3, -1)[:, k], h)[0].view(4, 2, -1) for k in range(3)]
+    expected = torch.stack(per_channel, 2).flatten(1)  # (B, 2, C, N*N) flattened
+    torch.testing.assert_close(glimpses, expected)
+    write = AttentiveWrite(colour)
+    update, window = write(h)
+    assert update.shape == (4, 3 * 12 * 20) and window.g_x.shape == (4,)
+
+
+def test_colour_prior_samples_have_the_image_shape():
+    model = DRAW(small_config(channels=3, height=12, width=20))
+    canvases, _ = model.sample(5, T=3)
+    assert canvases.shape == (3, 5, 3, 12, 20) and 0 <= canvases.min() and canvases.max() <= 1
+    x = torch.rand(2, 3, 12, 20).round()
+    assert torch.isfinite(iw_nll(model, x, K=3)).all()

@@ -88,7 +88,7 @@ def test_data_folder_without_mnist_says_where_to_put_it(tmp_path, monkeypatch):
     from torchvision.datasets import MNIST
 
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # refused at once: no network wait
-    with pytest.raises(UserError, match=r"MNIST is not in .*MNIST/raw.*put train-images-idx3-ubyte"):
+    with pytest.raises(UserError, match=r"MNIST \(train-images-idx3-ubyte.*\) is not in .*MNIST/raw.*put them there"):
         train(compose_config(f"data.data_dir={tmp_path}/empty"), str(tmp_path / "run"))
     assert not (tmp_path / "empty").exists()  # the failed lookup left no empty MNIST/raw folders behind
 

@@ -1,9 +1,60 @@
 """What every data set's LightningDataModule shares: its `datasets` by split, served in whole batches, the
-global batch size shared out among DDP processes."""
+global batch size shared out among DDP processes; and for DRAW's images (ImageDataModule) the split, the
+binarization and the image shape."""
+from pathlib import Path
+from typing import Optional
+
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 
 from draw.errors import UserError
+
+BINARIZATIONS = ("dynamic", "fixed", "threshold", "none")
+
+
+def check_binarization(mode: str, key: str = "binarization") -> str:
+    if mode not in BINARIZATIONS:
+        raise UserError(f"{key}={mode!r} is not a binarization: use one of {', '.join(BINARIZATIONS)}")
+    return mode
+
+
+def binarize(probs: torch.Tensor, mode: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Images in [0, 1] binarized as `mode` says (dynamic and fixed: Bernoulli draws; none: as they are)."""
+    if mode in ("dynamic", "fixed"):
+        return torch.bernoulli(probs, generator=generator)
+    if mode == "threshold":
+        return (probs > 0.5).float()
+    return probs
+
+
+class BinarizedImages(Dataset):
+    """Images in [0, 1], (N, H, W) or (N, C, H, W), binarized as `mode` says.
+
+    dynamic: a fresh Bernoulli draw each time an image is served (training); fixed: one Bernoulli draw per
+    image from `seed`, the same in every run (validation and test); threshold: x > 0.5; none: grey levels
+    (or colour intensities). `rows` keeps a part of the images after binarizing, so a fixed draw does not
+    depend on the split.
+    """
+
+    def __init__(self, images: torch.Tensor, mode: str, seed: int = 0, rows: slice = slice(None)):
+        self.mode = check_binarization(mode)
+        probs = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        if mode != "dynamic":
+            probs = binarize(probs, mode, torch.Generator().manual_seed(seed))
+        self.images = probs[rows]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices):
+        # The DataLoader fetches a whole batch with one indexing op instead of batch_size calls.
+        batch = self.images[indices]
+        return torch.bernoulli(batch) if self.mode == "dynamic" else batch
 
 
 def _batch_as_is(batch):
@@ -44,3 +95,97 @@ class DataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader("test")
+
+
+def read_files(read, folder: Path, files: str, error=UserError):
+    """What torchvision's reader `read()` returns (it downloads into `folder` when the files are absent and the
+    network is there); if it cannot, one line naming the files to put in folder. A failed download leaves no
+    folder behind that was not there before."""
+    folder = Path(folder).resolve()
+    before = [f for f in (folder, *folder.parents) if not f.exists()]
+    try:
+        return read()
+    except (RuntimeError, OSError, ValueError, KeyError) as e:  # no network, unwritable folder, or unreadable files
+        for created in before:  # innermost first; rmdir refuses a folder that holds anything
+            try:
+                created.rmdir()
+            except FileNotFoundError:  # never made (the reader writes above it)
+                continue
+            except OSError:
+                break
+        raise error(f"{files} not in {folder}, or not readable there, and could not be downloaded ({type(e).__name__}): "
+                    f"put them there, or set data.data_dir to the folder that holds them") from None
+
+
+def resized(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 images (N, H, W) or (N, C, H, W) at height x width (bilinear, antialiased when shrinking)."""
+    if tuple(images.shape[-2:]) == (height, width):
+        return images
+    grey = images.dim() == 3
+    x = images.unsqueeze(1) if grey else images
+    out = torch.cat([F.interpolate(chunk.float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+                     for chunk in x.split(4096)])
+    out = out.round().clamp(0, 255).to(torch.uint8)
+    return out.squeeze(1) if grey else out
+
+
+class ImageDataModule(DataModule):
+    """Images for DRAW from a train file and a test file: the train file split into its first N - val_size images
+    (train) and its last val_size (validation), the test file for test; binarized as `binarization` (training)
+    and `eval_binarization` (validation and test, from `binarization_seed`) say; served as (B, H, W) grey or
+    (B, C, H, W) colour images in [0, 1].
+
+    A data set subclasses it with `load(train) -> uint8 (N, H, W) or (N, C, H, W)` and its `channels`; height and
+    width are the size served, the files' own unless the data set allows resizing (`resizable`)."""
+
+    name = "images"
+    channels = 1
+    native_size: Optional[tuple] = None  # (H, W) of the files
+    resizable = False
+
+    def __init__(self, data_dir: str = "data", batch_size: int = 100, val_size: int = 10000, binarization: str = "dynamic",
+                 eval_binarization: str = "fixed", binarization_seed: int = 0, num_workers: int = 0,
+                 channels: Optional[int] = None, height: Optional[int] = None, width: Optional[int] = None):
+        super().__init__()
+        check_binarization(binarization, "data.binarization")
+        check_binarization(eval_binarization, "data.eval_binarization")
+        height, width = self.check_shape(channels, height, width)
+        self.save_hyperparameters()
+        self.hparams.update(channels=self.channels, height=height, width=width)
+
+    @classmethod
+    def check_shape(cls, channels: Optional[int], height: Optional[int], width: Optional[int]) -> tuple:
+        """The (height, width) served for a config's data.channels, data.height and data.width (None: the files'),
+        or one line saying what this data set allows."""
+        if channels is not None and channels != cls.channels:
+            raise UserError(f"data.channels={channels} is not allowed: {cls.name}'s images have {cls.channels}")
+        native_h, native_w = cls.native_size or (height, width)
+        height, width = height or native_h, width or native_w
+        if not cls.resizable and (height, width) != (native_h, native_w):
+            raise UserError(f"data.height={height}, data.width={width} are not allowed: {cls.name}'s images are "
+                            f"{native_h} x {native_w}")
+        return height, width
+
+    def load(self, train: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def images(self, train: bool) -> torch.Tensor:
+        return resized(self.load(train), self.hparams.height, self.hparams.width)
+
+    def prepare_data(self):
+        for train in (True, False):
+            self.load(train)
+
+    def setup(self, stage=None):
+        hp = self.hparams
+        if stage in (None, "fit", "validate") and "train" not in self.datasets:
+            train_file = self.images(train=True)
+            if not 0 < hp.val_size < len(train_file):
+                raise UserError(f"data.val_size={hp.val_size} must be in 1..{len(train_file) - 1}")
+            self.datasets["train"] = BinarizedImages(train_file, hp.binarization, rows=slice(-hp.val_size))
+            self.datasets["val"] = BinarizedImages(
+                train_file, hp.eval_binarization, hp.binarization_seed, rows=slice(-hp.val_size, None)
+            )
+        if stage in (None, "test", "predict") and "test" not in self.datasets:
+            test_file = self.images(train=False)
+            self.datasets["test"] = BinarizedImages(test_file, hp.eval_binarization, hp.binarization_seed + 1)

@@ -45,12 +45,20 @@ def random_pieces(sources: torch.Tensor, count: int, size: int, generator=None) 
 def cluttered_images(digits: torch.Tensor, sources: torch.Tensor, size: int, distractors: int, distractor_size: int,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """uint8 digits (B, 28, 28) -> uint8 cluttered images (B, size, size), distractor pieces cut from sources (S, 28, 28)."""
-    B = len(digits)
-    canvas = torch.zeros(B, size, size, dtype=torch.int16)  # sums of up to a few uint8 values
+    return scenes(digits.unsqueeze(1), size, size, sources, distractors, distractor_size, generator)
+
+
+def scenes(digits: torch.Tensor, height: int, width: int, sources: Optional[torch.Tensor] = None, distractors: int = 0,
+           distractor_size: int = 8, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """uint8 digits (B, K, h, w) -> uint8 images (B, height, width): first `distractors` pieces cut from sources
+    (S, h, w), then the K digits of each image, each wholly inside at a uniformly random place; overlaps added and
+    clipped to 255 (mnist_cluttered.lua's order and clipping; it places K digits the same way)."""
+    B, K = digits.shape[:2]
+    canvas = torch.zeros(B, height, width, dtype=torch.int16)  # sums of up to a few uint8 values
     if distractors:
-        pieces = random_pieces(sources, B * distractors, distractor_size, generator)  # (B*K, d, d)
+        pieces = random_pieces(sources, B * distractors, distractor_size, generator)  # (B*D, d, d)
         add_at_random_places(canvas, torch.arange(B).repeat_interleave(distractors), pieces, generator)
-    add_at_random_places(canvas, torch.arange(B), digits, generator)
+    add_at_random_places(canvas, torch.arange(B).repeat_interleave(K), digits.flatten(0, 1), generator)
     return canvas.clamp_(max=255).to(torch.uint8)
 
 
