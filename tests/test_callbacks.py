@@ -1,6 +1,7 @@
 from types import SimpleNamespace
 
 import pytest
+import torch
 from pytorch_lightning import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -36,7 +37,7 @@ def test_throughput_leaves_out_the_first_batch_and_validation(monkeypatch):
     """The first batch holds torch.compile's compilation: counting it would report compile time as speed."""
     clock = SimpleNamespace(now=0.0)
     monkeypatch.setattr("draw.callbacks.time.perf_counter", lambda: clock.now)  # a clock the test moves: no sleeps
-    throughput, trainer, batch = TrainThroughput(), SimpleNamespace(world_size=1), [0] * 50
+    throughput, trainer, batch = TrainThroughput(), SimpleNamespace(world_size=1), torch.zeros(50, 28, 28)
     throughput.on_train_epoch_start(trainer, None)
     clock.now += 30.0  # the first batch, compiling
     throughput.on_train_batch_end(trainer, None, None, batch, 0)
@@ -50,3 +51,5 @@ def test_throughput_leaves_out_the_first_batch_and_validation(monkeypatch):
     throughput.on_train_batch_end(trainer, None, None, batch, 4)
     assert throughput.images == 4 * 50
     assert throughput.seconds == pytest.approx(0.2)  # four batches of 0.05 s, neither pause
+    throughput.on_train_batch_end(trainer, None, None, (torch.zeros(30, 100, 100), torch.zeros(30)), 5)
+    assert throughput.images == 4 * 50 + 30  # a classifier's batch (images, labels) counts its images

@@ -62,5 +62,5 @@ def test_unknown_binarization_names_the_key_and_the_choices():
 
 def test_missing_mnist_that_cannot_download_says_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # refused at once: no network wait
-    with pytest.raises(MNISTNotFoundError, match=r"put train-images-idx3-ubyte.*MNIST/raw"):
+    with pytest.raises(MNISTNotFoundError, match=r"MNIST \(train-images-idx3-ubyte.*\) is not in .*MNIST/raw.*put them there"):
         MNISTDataModule(data_dir=str(tmp_path)).prepare_data()
