@@ -127,13 +127,20 @@ def result_line(cfg: DictConfig, metrics: dict) -> str:
 
 def build_loggers(cfg: DictConfig, out: Path) -> list:
     """The `logger` group's loggers (none, one or several), each writing under the run folder (in its `folder`
-    there when the config names one; `requires`, the package it needs, is checked by validate_train_config)."""
+    there when the config names one; `requires`, the package it needs, is checked by validate_train_config).
+    `sqlite_file` (MLflow's) puts its store in that SQLite file in the folder, and its artifacts beside it, unless
+    `tracking_uri` names a store: MLflow 3 refuses a plain file store."""
     loggers = []
     for logger in (cfg.get("logger") or {}).values():
         settings = dict(logger)
         settings.pop("requires", None)
-        folder = settings.pop("folder", "")
-        loggers.append(hydra.utils.instantiate(settings, save_dir=str(out / folder)))
+        folder = out / settings.pop("folder", "")
+        database = settings.pop("sqlite_file", None)
+        if database and not settings.get("tracking_uri"):
+            folder.mkdir(parents=True, exist_ok=True)
+            settings.update(tracking_uri=f"sqlite:///{(folder / database).resolve()}",
+                            artifact_location=(folder / "artifacts").resolve().as_uri())
+        loggers.append(hydra.utils.instantiate(settings, save_dir=str(folder)))
     return loggers
 
 

@@ -16,7 +16,7 @@ from draw.data.cluttered import cluttered_images
 from draw.errors import UserError
 from draw.report import write_summary
 from draw.run import train
-from draw.sample import sample
+from draw.sample import PRETRAINED_CLASSIFIER, sample
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +204,13 @@ def test_resuming_a_draw_checkpoint_as_a_classifier_is_one_line(tmp_path, bars_m
     trainer.save_checkpoint(tmp_path / "draw.ckpt")
     with pytest.raises(UserError, match="a classifier's checkpoint with task=classify"):
         train(compose_config(*TINY_CLASSIFY, f"ckpt_path={tmp_path}/draw.ckpt", f"data.data_dir={bars_mnist}"), str(tmp_path / "run"))
+
+
+def test_shipped_classifier_shows_its_glimpses_without_any_path(tiny_mnist, tmp_path):
+    """mode=glimpses alone takes the classifier that ships with draw; its test images are remade from its own
+    data settings (100 x 100, 8 distractors) out of whatever MNIST files data.data_dir holds."""
+    assert PRETRAINED_CLASSIFIER.stat().st_size < 10 * 2**20
+    out = sample(sample_config("mode=glimpses", f"data.data_dir={tiny_mnist}", "n=3", "scale=1"), str(tmp_path))
+    frames = Image.open(out / "glimpses.gif")
+    assert frames.n_frames == 8  # the paper's 8 glimpses, one more each frame
+    assert Image.open(out / "glimpses.png").size[0] > 9 * 100  # the image and 8 glimpses, each 100 px wide

@@ -105,3 +105,17 @@ def test_wandb_logger_runs_offline_into_the_run_folder(tiny_mnist, tmp_path, mon
     assert (run / "wandb").is_dir() and not (tmp_path / "wandb").exists()
     pictures = {p.name.split("_")[0] for p in run.glob("wandb/**/media/images/*.png")}
     assert {"samples", "reconstructions"} <= pictures, sorted(run.glob("wandb/**/*"))
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("mlflow") is None, reason="mlflow is not installed (.[mlflow])")
+def test_mlflow_logger_keeps_its_store_and_pictures_in_the_run_folder(tiny_mnist, tmp_path, monkeypatch):
+    import sqlite3
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tmp_path / "run"
+    run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=1", "logger=mlflow",
+               f"hydra.run.dir={run}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing in the working folder (no ./mlruns, ./mlartifacts)
+    keys = {key for (key,) in sqlite3.connect(run / "mlruns" / "mlflow.db").execute("select key from metrics")}
+    assert {"train/loss", "val/nll", "test/nll"} <= keys
+    assert {p.parent.name for p in run.glob("mlruns/artifacts/**/*.png")} >= {"samples", "reconstructions"}
