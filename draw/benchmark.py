@@ -56,7 +56,7 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
     batch = cfg.data.batch_size
     if cfg.task.name == "classify":
         return benchmark_classifier(cfg, overrides, module, optimizer, device, steps, warmup)
-    x = torch.bernoulli(torch.full((batch, cfg.model.height, cfg.model.width), 0.13, device=device))
+    x = torch.bernoulli(torch.full((batch, cfg.model.channels, cfg.model.height, cfg.model.width), 0.13, device=device))
 
     def autocast():
         return torch.autocast(device, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))

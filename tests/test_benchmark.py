@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from draw.export import export
 from draw.sample import load_module
@@ -10,8 +12,9 @@ FIELDS = {"config", "train_images_per_s", "sample_images_per_s", "sample_64_s", 
           "precision", "device", "torch", "threads"}
 
 
-def test_benchmark_prints_one_json_line_per_configuration():
-    overrides = ["model.T=2", "model.enc_size=16", "model.dec_size=16", "model.z_size=4", "data.batch_size=8"]
+@pytest.mark.parametrize("data", ["mnist", "cifar10"])
+def test_benchmark_prints_one_json_line_per_configuration(data):
+    overrides = [f"data={data}", "model.T=2", "model.enc_size=16", "model.dec_size=16", "model.z_size=4", "data.batch_size=8"]
     proc = subprocess.run([sys.executable, "-m", "draw.benchmark", *overrides], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
