@@ -236,11 +236,13 @@ def test_fast_path_gives_the_reference_loss_and_gradients(read_attention, write_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("read_attention,write_attention", [(True, True), (False, False)])
-def test_compiled_steps_give_the_same_loss_and_gradients(read_attention, write_attention):
+@pytest.mark.parametrize("read_attention,write_attention,shape", [(True, True, (1, 28, 28)), (False, False, (1, 28, 28)),
+                                                                  (True, True, (3, 12, 20))], ids=["attention", "none", "colour"])
+def test_compiled_steps_give_the_same_loss_and_gradients(read_attention, write_attention, shape):
     torch.manual_seed(0)
-    model = DRAW(small_config(read_attention, write_attention, T=5))
-    x = (torch.rand(6, 28, 28) < 0.3).float()
+    C, H, W = shape
+    model = DRAW(small_config(read_attention, write_attention, T=5, channels=C, height=H, width=W))
+    x = (torch.rand(6, C, H, W) < 0.3).float()
     results = []
     for compiled in (False, True):
         if compiled:
