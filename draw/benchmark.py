@@ -44,6 +44,14 @@ def median_seconds(fn, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer, clip) -> None:
+    """What a training step does after the forward pass: backward, clipping at norm `clip` (None: none), Adam."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf"))
+    optimizer.step()
+
+
 def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, sample_n: int = 64) -> dict:
     validate_train_config(cfg)
     torch.manual_seed(cfg.seed)
@@ -64,10 +72,7 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
     def train_step():
         with autocast():
             loss = model(x).nll_bound.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val or float("inf"))
-        optimizer.step()
+        optimizer_step(loss, model, optimizer, cfg.trainer.gradient_clip_val)
 
     def sample():
         with autocast(), torch.no_grad():
@@ -111,11 +116,7 @@ def benchmark_classifier(cfg: DictConfig, overrides, module, optimizer, device: 
     x, y = make_batch().to(device), torch.randint(0, 10, (d.batch_size,), device=device)
 
     def train_step():
-        loss = F.cross_entropy(module.model(x).logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.trainer.gradient_clip_val or float("inf"))
-        optimizer.step()
+        optimizer_step(F.cross_entropy(module.model(x).logits, y), module.model, optimizer, cfg.trainer.gradient_clip_val)
 
     median_seconds(train_step, warmup, device)
     step_s = median_seconds(train_step, steps, device)

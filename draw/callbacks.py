@@ -97,7 +97,8 @@ class GlimpseImages(pl.Callback):
         for tag, (x, y) in shown.items():
             if not len(x):
                 continue
-            image = torch.from_numpy(np.array(viz.classify_and_show(module.model, x, y)[0])).permute(2, 0, 1).float() / 255
+            (picture,), _ = viz.classify_and_show(module.model, x, y)
+            image = torch.from_numpy(np.array(picture)).permute(2, 0, 1).float() / 255
             for logger in loggers:
                 log_picture(logger, tag, image, trainer.global_step)
 

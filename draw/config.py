@@ -12,10 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from draw.classifier import ARCHITECTURES, classifier_defaults
 from draw.data import check_binarization
+from draw.data.mnist import MNIST_SIZE
 from draw.errors import UserError, exit_with
 from draw.model import DRAWConfig
 
-MNIST_SIZE = 28
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 SCHEDULES = ("none", "cosine", "onecycle", "plateau")
 

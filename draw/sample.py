@@ -3,7 +3,7 @@ canvases; or watch a trained classifier look (task=classify): its glimpses on te
 runs, importable so tests can call it in-process."""
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -27,10 +27,15 @@ CLASSIFIER_MODES = ("glimpses",)
 DEFAULT_N = {"prior": 64, "reconstruct": 64, "glimpses": 8}
 
 
-def load_module(ckpt_path, device: str = "cpu", mode: Optional[str] = None):
-    """The LightningModule a checkpoint alone rebuilds (DRAW's, or a classifier's), in eval mode, and the mode
-    to show it in: `mode`, checked against the checkpoint, or its kind's first mode. Without a checkpoint,
-    the one that ships for the mode."""
+class Loaded(NamedTuple):
+    module: Union[DRAWModule, ClassifierModule]  # in eval mode
+    mode: str  # what to show: the mode asked for, checked against the checkpoint, or its kind's first mode
+    data_settings: dict  # the training data module's hyper-parameters ({} in checkpoints from before they were kept)
+
+
+def load_module(ckpt_path, device: str = "cpu", mode: Optional[str] = None) -> Loaded:
+    """The LightningModule a checkpoint alone rebuilds (DRAW's, or a classifier's) and how to show it. Without a
+    checkpoint, the one that ships for the mode."""
     if mode is not None and mode not in DRAW_MODES + CLASSIFIER_MODES:
         raise UserError(f"mode={mode!r} is not a mode: use one of {', '.join(DRAW_MODES + CLASSIFIER_MODES)}")
     path = Path(ckpt_path) if ckpt_path else PRETRAINED_CLASSIFIER if mode in CLASSIFIER_MODES else PRETRAINED
@@ -41,8 +46,7 @@ def load_module(ckpt_path, device: str = "cpu", mode: Optional[str] = None):
         kind = "a classifier's" if is_classifier else "DRAW's"
         raise UserError(f"mode={mode} does not apply to ckpt_path={path}, {kind} checkpoint: use mode={' or mode='.join(modes)}")
     module = (ClassifierModule if is_classifier else DRAWModule).load_from_checkpoint(path, map_location=device, weights_only=True)
-    module.data_settings = checkpoint.get("datamodule_hyper_parameters", {})
-    return module.eval(), mode or modes[0]
+    return Loaded(module.eval(), mode or modes[0], checkpoint.get("datamodule_hyper_parameters", {}))
 
 
 def test_images(data_dir: str, n: int) -> torch.Tensor:
@@ -69,11 +73,11 @@ def sample(cfg: DictConfig, output_dir: str) -> Path:
     require_int("scale", cfg.scale, 1)
     check_cuda("device", cfg.device)
     out = Path(output_dir)
-    module, mode = load_module(cfg.ckpt_path, cfg.device, cfg.mode)
+    module, mode, data_settings = load_module(cfg.ckpt_path, cfg.device, cfg.mode)
     out.mkdir(parents=True, exist_ok=True)
     n = cfg.n or DEFAULT_N[mode]
     if mode == "glimpses":
-        return show_glimpses(module, cfg, n, out)
+        return show_glimpses(module, data_settings, cfg, n, out)
     torch.manual_seed(cfg.seed)
     model = module.model
     originals = None
@@ -112,23 +116,24 @@ def sample(cfg: DictConfig, output_dir: str) -> Path:
     return out
 
 
-def show_glimpses(module: ClassifierModule, cfg: DictConfig, n: int, out: Path) -> Path:
+def show_glimpses(module: ClassifierModule, data_settings: dict, cfg: DictConfig, n: int, out: Path) -> Path:
     """A classifier's first n test images with its glimpses (glimpses.png, glimpses.gif, one glimpse more each
     frame), and its first n misclassified test images (misclassified.png). The test images are remade from the
     checkpoint's data settings (their fixed seed), so they are the images its test error was measured on."""
-    settings = {**module.data_settings, "data_dir": cfg.data.data_dir, "batch_size": 500}
+    settings = {**data_settings, "data_dir": cfg.data.data_dir, "batch_size": 500}
     datamodule = ClutteredMNISTDataModule(**settings)
     datamodule.prepare_data()
     datamodule.setup("test")
     x, y = next(iter(datamodule.test_dataloader()))
     first = (x[:n].to(cfg.device), y[:n].to(cfg.device))
     wrong_x, wrong_y = first_misclassified(module.model, datamodule.test_dataloader(), n, cfg.device)
-    picture, frames, predicted = viz.classify_and_show(module.model, *first, scale=cfg.scale)
-    picture.save(out / "glimpses.png")
-    if frames:  # a convolutional baseline has no glimpses
+    frames, predicted = viz.classify_and_show(module.model, *first, scale=cfg.scale, every_glimpse=True)
+    frames[-1].save(out / "glimpses.png")
+    if module.hparams.model["architecture"] == "glimpse":  # a convolutional baseline has no glimpses to animate
         viz.save_gif(frames, out / "glimpses.gif", frame_ms=700, hold_ms=2000)
     if len(wrong_x):
-        viz.classify_and_show(module.model, wrong_x, wrong_y, scale=cfg.scale)[0].save(out / "misclassified.png")
+        (wrong_picture,), _ = viz.classify_and_show(module.model, wrong_x, wrong_y, scale=cfg.scale)
+        wrong_picture.save(out / "misclassified.png")
     right = int((predicted == first[1].cpu()).sum())
     logging.getLogger("draw").info(f"classify: {right} of {len(predicted)} test images right, their glimpses and "
                                    f"{len(wrong_x)} misclassified ones written to {out}")

@@ -148,16 +148,14 @@ def glimpse_rows(images: torch.Tensor, windows: Sequence[AttentionWindow], conte
     return canvas
 
 
-def glimpse_frames(images, windows, contents, N, predicted, labels, scale: int = 2) -> list:
-    """The glimpses one after another: frame t shows glimpses 1..t."""
-    return [glimpse_rows(images, windows, contents, N, predicted, labels, shown=t, scale=scale) for t in range(1, len(windows) + 1)]
-
-
-def classify_and_show(model, x: torch.Tensor, y: torch.Tensor, scale: int = 2):
-    """Run a classifier (draw/classifier.py) on images x (n, H, W) with labels y (n,): its glimpse_rows picture,
-    its frames (one more glimpse each), and its predictions (n,)."""
+def classify_and_show(model, x: torch.Tensor, y: torch.Tensor, scale: int = 2, every_glimpse: bool = False):
+    """Run a classifier (draw/classifier.py) on images x (n, H, W) with labels y (n,): its glimpse_rows pictures
+    and its predictions (n,). The pictures: the whole one alone, or with every_glimpse one per glimpse (picture t
+    shows glimpses 1..t, so the last is the whole one: a GIF's frames)."""
     with torch.no_grad():
         out = model(x, record=True)
     predicted = out.logits.argmax(1).cpu()
     args = (x.cpu(), out.windows, [g.cpu() for g in out.glimpses], getattr(model.cfg, "read_n", 0), predicted, y.cpu())
-    return glimpse_rows(*args, scale=scale), glimpse_frames(*args, scale=scale), predicted
+    count = len(out.windows)
+    shown = range(1, count + 1) if every_glimpse and count else [count]
+    return [glimpse_rows(*args, shown=t, scale=scale) for t in shown], predicted

@@ -30,7 +30,7 @@ def test_export_keeps_what_sampling_needs(trained_run, tmp_path):
     src, dst = run / "checkpoints" / "last.ckpt", tmp_path / "small.ckpt"
     export(src, dst)
     assert dst.stat().st_size < src.stat().st_size
-    module, mode = load_module(dst)
+    module, mode, _ = load_module(dst)
     assert module.model.cfg.T == 3 and mode == "prior"
 
 

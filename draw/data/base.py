@@ -136,7 +136,8 @@ class ImageDataModule(DataModule):
     (B, C, H, W) colour images in [0, 1].
 
     A data set subclasses it with `load(train) -> uint8 (N, H, W) or (N, C, H, W)` and its `channels`; height and
-    width are the size served, the files' own unless the data set allows resizing (`resizable`)."""
+    width are the size served, the files' own unless the data set allows resizing (`resizable`). One whose
+    images are made rather than read overrides `train_dataset` and `eval_dataset`."""
 
     name = "images"
     channels = 1
@@ -176,16 +177,23 @@ class ImageDataModule(DataModule):
         for train in (True, False):
             self.load(train)
 
+    def train_dataset(self, images: torch.Tensor, rows: slice) -> Dataset:
+        """Training images: `rows` of the train file's images, binarized afresh each time they are served."""
+        return BinarizedImages(images, self.hparams.binarization, rows=rows)
+
+    def eval_dataset(self, images: torch.Tensor, rows: slice, seed_offset: int) -> Dataset:
+        """Validation (seed_offset 0) or test (1) images: `rows` of a file's images, binarized once, from
+        binarization_seed + seed_offset (drawn over the whole file, so the draw does not depend on the split)."""
+        hp = self.hparams
+        return BinarizedImages(images, hp.eval_binarization, hp.binarization_seed + seed_offset, rows=rows)
+
     def setup(self, stage=None):
         hp = self.hparams
         if stage in (None, "fit", "validate") and "train" not in self.datasets:
             train_file = self.images(train=True)
             if not 0 < hp.val_size < len(train_file):
                 raise UserError(f"data.val_size={hp.val_size} must be in 1..{len(train_file) - 1}")
-            self.datasets["train"] = BinarizedImages(train_file, hp.binarization, rows=slice(-hp.val_size))
-            self.datasets["val"] = BinarizedImages(
-                train_file, hp.eval_binarization, hp.binarization_seed, rows=slice(-hp.val_size, None)
-            )
+            self.datasets["train"] = self.train_dataset(train_file, slice(-hp.val_size))
+            self.datasets["val"] = self.eval_dataset(train_file, slice(-hp.val_size, None), 0)
         if stage in (None, "test", "predict") and "test" not in self.datasets:
-            test_file = self.images(train=False)
-            self.datasets["test"] = BinarizedImages(test_file, hp.eval_binarization, hp.binarization_seed + 1)
+            self.datasets["test"] = self.eval_dataset(self.images(train=False), slice(None), 1)

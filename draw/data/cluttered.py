@@ -13,10 +13,8 @@ import torch
 from torch.utils.data import Dataset
 
 from draw.data.base import DataModule
-from draw.data.mnist import load_labelled_mnist
+from draw.data.mnist import MNIST_SIZE, load_labelled_mnist
 from draw.errors import UserError
-
-MNIST_SIZE = 28
 
 
 def add_at_random_places(canvas: torch.Tensor, owners: torch.Tensor, sprites: torch.Tensor, generator=None) -> None:

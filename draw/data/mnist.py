@@ -8,6 +8,9 @@ from draw.data.base import ImageDataModule, read_files
 from draw.errors import UserError
 
 
+MNIST_SIZE = 28  # MNIST's digits are 28 x 28
+
+
 class MNISTNotFoundError(UserError):
     pass
 
@@ -30,7 +33,7 @@ class MNISTDataModule(ImageDataModule):
     """The 60k MNIST train file split into its first 60k - val_size images (train) and its last val_size
     (validation); the 10k test file for test."""
 
-    name, channels, native_size = "MNIST", 1, (28, 28)
+    name, channels, native_size = "MNIST", 1, (MNIST_SIZE, MNIST_SIZE)
 
     def load(self, train: bool) -> torch.Tensor:
         return load_mnist(self.hparams.data_dir, train)

@@ -6,9 +6,9 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset
 
-from draw.data.base import BinarizedImages, ImageDataModule, binarize, check_binarization
-from draw.data.cluttered import MNIST_SIZE, scenes
-from draw.data.mnist import load_mnist
+from draw.data.base import ImageDataModule, binarize, check_binarization
+from draw.data.cluttered import scenes
+from draw.data.mnist import MNIST_SIZE, load_mnist
 from draw.errors import UserError
 
 
@@ -57,19 +57,12 @@ class TwoDigitMNISTDataModule(ImageDataModule):
     def images(self, train: bool) -> torch.Tensor:
         return self.load(train)  # the digits: images are made from them
 
-    def fixed_images(self, digits: torch.Tensor, seed: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(seed)
-        return two_digit_images(digits, torch.arange(len(digits)), self.hparams.height, self.hparams.width, generator)
+    def train_dataset(self, digits: torch.Tensor, rows: slice) -> Dataset:
+        return FreshTwoDigitImages(digits[rows], self.hparams.height, self.hparams.width, self.hparams.binarization)
 
-    def setup(self, stage=None):
-        hp = self.hparams
-        if stage in (None, "fit", "validate") and "train" not in self.datasets:
-            digits = self.load(train=True)
-            if not 0 < hp.val_size < len(digits):
-                raise UserError(f"data.val_size={hp.val_size} must be in 1..{len(digits) - 1}")
-            split = len(digits) - hp.val_size
-            self.datasets["train"] = FreshTwoDigitImages(digits[:split], hp.height, hp.width, hp.binarization)
-            self.datasets["val"] = BinarizedImages(self.fixed_images(digits[split:], hp.seed), hp.eval_binarization, hp.binarization_seed)
-        if stage in (None, "test", "predict") and "test" not in self.datasets:
-            test = self.fixed_images(self.load(train=False), hp.seed + 1)
-            self.datasets["test"] = BinarizedImages(test, hp.eval_binarization, hp.binarization_seed + 1)
+    def eval_dataset(self, digits: torch.Tensor, rows: slice, seed_offset: int) -> Dataset:
+        """Images made once from seed + seed_offset out of the `rows` digits, then binarized as the base class does."""
+        hp, digits = self.hparams, digits[rows]
+        generator = torch.Generator().manual_seed(hp.seed + seed_offset)
+        images = two_digit_images(digits, torch.arange(len(digits)), hp.height, hp.width, generator)
+        return super().eval_dataset(images, slice(None), seed_offset)
