@@ -1,8 +1,10 @@
-"""Lightning callbacks: TensorBoard pictures of the model learning to draw, the validation history, training throughput,
-Ctrl-C and SIGTERM."""
+"""Lightning callbacks: pictures of the model learning to draw or to look, the validation history, training throughput,
+the last checkpoint, Ctrl-C and SIGTERM."""
 import csv
 import logging
 import time
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -154,24 +156,42 @@ class TrainThroughput(pl.Callback):
 
 
 class SaveOnInterrupt(pl.Callback):
-    """Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes, systemd and `timeout` send) during fit: save a
-    checkpoint at the current step and say how to resume. Lightning then exits."""
+    """Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes, systemd and `timeout` send) during fit: save
+    dirpath/last.ckpt at the current step and say how to resume (train() sets the run's `resume_command`).
+    Lightning then exits."""
 
-    def __init__(self, path, resume_command: str):
-        self.path, self.resume_command = path, resume_command
+    def __init__(self, dirpath, resume_command: Optional[str] = None):
+        self.path, self.resume_command = Path(dirpath) / "last.ckpt", resume_command
 
     def on_exception(self, trainer, module, exception):
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == "fit":
             trainer.save_checkpoint(self.path)
             if trainer.is_global_zero:
-                logging.getLogger("draw").info(f"interrupted: saved {self.path}\nresume with: {self.resume_command}")
+                resume = f"\nresume with: {self.resume_command}" if self.resume_command else ""
+                logging.getLogger("draw").info(f"interrupted: saved {self.path}{resume}")
 
 
-class MidEpochCheckpoint(ModelCheckpoint):
-    """A checkpoint every N steps or minutes, but never at an epoch's last batch: Lightning resumes a checkpoint
-    taken there (after the epoch's training, before its validation) into the next epoch, so that epoch's
-    validation and best checkpoint would be lost. The end-of-epoch checkpoint, after validation, covers it."""
+class LastCheckpoint(ModelCheckpoint):
+    """dirpath/last.ckpt, overwritten: at each epoch's end (after its validation) and, within epochs, every
+    `every_n_steps` optimizer steps and every `every_minutes` minutes of training where those are > 0, so a killed
+    run loses little. Never at an epoch's last batch: Lightning resumes a checkpoint taken there (after the epoch's
+    training, before its validation) into the next epoch, so that epoch's validation and best checkpoint would be lost."""
 
-    def on_train_batch_end(self, trainer, *args, **kwargs):
-        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            super().on_train_batch_end(trainer, *args, **kwargs)
+    def __init__(self, dirpath, every_n_steps: int = 0, every_minutes: float = 0):
+        super().__init__(dirpath=dirpath, filename="last", enable_version_counter=False)
+        self.every_n_steps, self.every_minutes = every_n_steps, every_minutes
+        self._saved_at = time.monotonic()
+
+    def on_train_start(self, trainer, module):
+        super().on_train_start(trainer, module)
+        self._saved_at = time.monotonic()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        steps_due = self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0
+        time_due = self.every_minutes > 0 and time.monotonic() - self._saved_at >= 60 * self.every_minutes
+        time_due = trainer.strategy.broadcast(time_due)  # rank 0's clock decides for all: saving is collective
+        if steps_due or time_due:
+            trainer.save_checkpoint(Path(self.dirpath) / "last.ckpt")
+            self._saved_at = time.monotonic()

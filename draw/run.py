@@ -6,7 +6,6 @@ import logging
 import signal
 import time
 import warnings
-from datetime import timedelta
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from draw.callbacks import MidEpochCheckpoint, SaveOnInterrupt, TrainThroughput, ValidationHistory
+from draw.callbacks import LastCheckpoint, SaveOnInterrupt, TrainThroughput, ValidationHistory
 from draw.classifier_module import ClassifierModule
 from draw.config import check_same_model, read_checkpoint, validate_train_config
 from draw.errors import UserError
@@ -65,6 +64,8 @@ def unique_folder(path: str) -> str:
 
 OmegaConf.register_new_resolver("job_folder", job_folder, replace=True)
 OmegaConf.register_new_resolver("unique_folder", unique_folder, replace=True)
+# A metric's name in a file name: val/nll -> val_nll (conf/callbacks/best_checkpoint.yaml).
+OmegaConf.register_new_resolver("file_safe", lambda name: name.replace("/", "_"), replace=True)
 
 
 def _not_an_advert(record: logging.LogRecord) -> bool:
@@ -144,6 +145,22 @@ def build_loggers(cfg: DictConfig, out: Path) -> list:
     return loggers
 
 
+def build_callbacks(cfg: DictConfig, out: Path, resume_command: str) -> list:
+    """The `callbacks` group's callbacks, a `dirpath` in their config being a folder inside the run folder, and
+    SaveOnInterrupt told how to resume this run; then what every run has: its validation history
+    (validation.csv, read by draw.report) and one progress bar."""
+    callbacks = []
+    for node in (cfg.get("callbacks") or {}).values():
+        callback = hydra.utils.instantiate(node, **({"dirpath": str(out / node.dirpath)} if "dirpath" in node else {}))
+        if isinstance(callback, SaveOnInterrupt):
+            callback.resume_command = resume_command
+        callbacks.append(callback)
+    callbacks.append(ValidationHistory(out / "validation.csv"))
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(TQDMProgressBar())  # Lightning would pick Rich's where rich is installed: one bar everywhere
+    return callbacks
+
+
 def resolve_ckpt_path(ckpt_path):
     """ckpt_path=last: the newest outputs/*/*/checkpoints/last.ckpt under the working folder."""
     if ckpt_path != "last":
@@ -172,34 +189,13 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # a missing data set stops the run here, before any other work
     monitor = cfg.task.monitor
-    best = ModelCheckpoint(
-        dirpath=out / "checkpoints",
-        filename=f"epoch{{epoch:03d}}-{monitor.replace('/', '_')}{{{monitor}:.2f}}",
-        auto_insert_metric_name=False,
-        monitor=monitor,
-        mode="min",
-    )
-    # last.ckpt, overwritten: at every epoch's end, every checkpoint_every_n_steps steps and every
-    # checkpoint_every_minutes minutes of training when those are > 0 (one ModelCheckpoint each: one
-    # takes epochs, steps or a time interval, not several).
-    last_every = [{}]
-    if cfg.checkpoint_every_n_steps:
-        last_every.append({"every_n_train_steps": cfg.checkpoint_every_n_steps})
-    if cfg.checkpoint_every_minutes:
-        last_every.append({"train_time_interval": timedelta(minutes=cfg.checkpoint_every_minutes)})
-    last = [(MidEpochCheckpoint if every else ModelCheckpoint)(dirpath=out / "checkpoints", filename="last",
-                                                               enable_version_counter=False, **every)
-            for every in last_every]
     # Resuming in the same folder keeps one TensorBoard history and one checkpoints/ folder.
     resume_command = resume_command or " ".join([
         "python train.py", *(o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))),
         f"hydra.run.dir={out}", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
-    configured = [hydra.utils.instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
-    throughput = next((c for c in configured if isinstance(c, TrainThroughput)), None)
-    callbacks = [best, *last, ValidationHistory(out / "validation.csv"),
-                 SaveOnInterrupt(out / "checkpoints" / "last.ckpt", resume_command), *configured]
-    if cfg.trainer.enable_progress_bar:
-        callbacks.append(TQDMProgressBar())  # Lightning would pick Rich's where rich is installed: one bar everywhere
+    callbacks = build_callbacks(cfg, out, resume_command)
+    best = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor == monitor), None)
+    throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         default_root_dir=str(out),
@@ -218,20 +214,21 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     evaluated = None  # None: test the weights as they are
     if cfg.train:
         if trainer.is_global_zero:
-            log.info(f"outputs: {out}\nif this run dies, resume it with: {resume_command}")
+            resumable = any(isinstance(c, LastCheckpoint) for c in callbacks)
+            log.info(f"outputs: {out}" + (f"\nif this run dies, resume it with: {resume_command}" if resumable else ""))
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SIGTERMException:
             # Lightning ends a SIGTERM-ed fit with exit status 0; a scheduler must not read it as done.
             raise SystemExit(128 + signal.SIGTERM) from None
-        evaluated = best.best_model_path or None  # no best when no validation ran
+        evaluated = (best.best_model_path or None) if best else None  # none when no validation ran, or callbacks=none
     if cfg.task.name == "generate":
         module.iw_samples = cfg.eval.iw_samples
     results = trainer.test(module, datamodule=datamodule, ckpt_path=evaluated)
     metrics = {
         **{k: float(v) for k, v in results[0].items()},
         "monitor": monitor,
-        f"{monitor}_best": float(best.best_model_score) if best.best_model_score is not None else None,
+        f"{monitor}_best": float(best.best_model_score) if best and best.best_model_score is not None else None,
         "skipped_steps": module.skipped_steps,
         "iw_samples": cfg.eval.iw_samples,
         "params": sum(p.numel() for p in module.parameters()),

@@ -2,11 +2,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from pytorch_lightning import Trainer
+from pytorch_lightning import Callback, Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import tiny_module
-from draw.callbacks import DrawingImages, TrainThroughput
+from draw.callbacks import DrawingImages, LastCheckpoint, TrainThroughput
 from draw.data import MNISTDataModule
 
 
@@ -53,3 +53,35 @@ def test_throughput_leaves_out_the_first_batch_and_validation(monkeypatch):
     assert throughput.seconds == pytest.approx(0.2)  # four batches of 0.05 s, neither pause
     throughput.on_train_batch_end(trainer, None, None, (torch.zeros(30, 100, 100), torch.zeros(30)), 5)
     assert throughput.images == 4 * 50 + 30  # a classifier's batch (images, labels) counts its images
+
+
+class SavedAt(Callback):
+    """Moves the test's clock 4 minutes a batch and records the step of every save of last.ckpt."""
+
+    def __init__(self, clock):
+        self.clock, self.steps = clock, []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.clock.now += 4 * 60
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        self.steps.append(trainer.global_step)
+
+
+@pytest.mark.parametrize("every_n_steps,every_minutes,saved_at", [
+    (3, 0, [3, 6, 9, 10, 12, 15, 18, 20]),  # 10 and 20 are the epochs' ends, after validation
+    (5, 0, [5, 10, 15, 20]),  # not at step 10 and 20 within the epoch: it would be resumed without its validation
+    (0, 10, [3, 6, 9, 10, 12, 15, 18, 20]),  # 12 minutes are 3 batches
+    (4, 10, [3, 4, 7, 8, 10, 11, 12, 15, 16, 19, 20]),  # a save for either reason restarts the minutes
+    (0, 0, [10, 20]),
+])
+def test_last_checkpoint_saves_every_n_steps_and_minutes_and_at_each_epochs_end(
+        every_n_steps, every_minutes, saved_at, tiny_mnist, tmp_path, monkeypatch):
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr("draw.callbacks.time.monotonic", lambda: clock.now)
+    saves = SavedAt(clock)
+    trainer = Trainer(max_epochs=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+                      callbacks=[LastCheckpoint(tmp_path, every_n_steps, every_minutes), saves])
+    trainer.fit(tiny_module(), MNISTDataModule(data_dir=str(tiny_mnist), batch_size=20, val_size=40))  # 10 steps an epoch
+    assert saves.steps == saved_at and (tmp_path / "last.ckpt").is_file()

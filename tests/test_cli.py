@@ -96,6 +96,16 @@ def test_callbacks_compose_as_a_list_and_early_stopping_stops(tiny_mnist, tmp_pa
     assert metrics["epochs"] < 10 and metrics["train_images_per_s"] > 0
 
 
+def test_callbacks_none_trains_and_tests_the_final_weights_without_checkpoints(tiny_mnist, tmp_path):
+    run = tmp_path / "run"
+    stdout = run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "callbacks=none",
+                        f"hydra.run.dir={run}").stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert not (run / "checkpoints").exists() and "resume it with" not in stdout
+    assert metrics["status"] == "completed" and metrics["checkpoint"] == "" and metrics["val/nll_best"] is None
+    assert metrics["test/nll"] > 0 and (run / "validation.csv").is_file()
+
+
 @pytest.mark.skipif(__import__("importlib.util").util.find_spec("wandb") is None, reason="wandb is not installed (.[wandb])")
 def test_wandb_logger_runs_offline_into_the_run_folder(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -177,11 +177,11 @@ class Validations(Callback):
 
 
 def test_resume_after_a_kill_between_the_last_step_and_validation_keeps_that_validation(tiny_mnist, tmp_path):
-    from draw.callbacks import MidEpochCheckpoint
+    from draw.callbacks import LastCheckpoint
 
     data = lambda: MNISTDataModule(data_dir=str(tiny_mnist), batch_size=20, val_size=40)  # noqa: E731: 10 steps an epoch
     quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    every_5 = MidEpochCheckpoint(dirpath=tmp_path, filename="last", every_n_train_steps=5, enable_version_counter=False)
+    every_5 = LastCheckpoint(dirpath=tmp_path, every_n_steps=5)
     with pytest.raises(SystemExit):  # Lightning's exit after a KeyboardInterrupt
         Trainer(max_epochs=3, callbacks=[every_5, StopBeforeValidation()], **quiet).fit(tiny_module(), data())
     assert read_checkpoint(tmp_path / "last.ckpt")["global_step"] == 5  # not 10, the epoch's last batch

@@ -1,4 +1,5 @@
 import csv
+import importlib.util
 import json
 
 import pytest
@@ -8,21 +9,24 @@ from hydra.utils import instantiate
 from conftest import ROOT, TINY_RUN, compose_config, job_folder, run_script
 from draw.module import DRAWModule
 from draw.report import val_curve, write_summary
-from draw.run import build_module, model_hparams
+from draw.run import build_callbacks, build_loggers, build_module, model_hparams
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
-ATTENTIONS = sorted(p.stem for p in (ROOT / "conf" / "attention").glob("*.yaml"))
-DEBUGS = sorted(p.stem for p in (ROOT / "conf" / "debug").glob("*.yaml"))
+# The groups whose every option runs with the defaults of the others (model and data options need their task's).
+GROUPS = ["attention", "experiment", "debug", "callbacks", "logger", "optim", "scheduler", "task"]
+OPTIONS = [f"{group}={p.stem}" for group in GROUPS for p in sorted((ROOT / "conf" / group).glob("*.yaml"))]
 
 
-
-@pytest.mark.parametrize("overrides", [[f"attention={a}"] for a in ATTENTIONS] + [[f"experiment={e}"] for e in EXPERIMENTS]
-                         + [[f"debug={d}"] for d in DEBUGS])
-def test_every_config_composes_and_instantiates(overrides):
-    cfg = compose_config(*overrides)
+@pytest.mark.parametrize("option", OPTIONS)
+def test_every_config_composes_and_instantiates(option, tmp_path):
+    cfg = compose_config(option)
+    if any(importlib.util.find_spec(logger.requires) is None for logger in (cfg.logger or {}).values() if "requires" in logger):
+        pytest.skip(f"{option}: its package is not installed")
     module = build_module(cfg)
     datamodule = instantiate(cfg.data)
-    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    callbacks = build_callbacks(cfg, tmp_path, resume_command="python train.py ...")
+    trainer = instantiate(cfg.trainer, logger=build_loggers(cfg, tmp_path) or False, callbacks=callbacks)
+    assert all(callback in trainer.callbacks for callback in callbacks)
     assert all(getattr(module.model.cfg, k) == v for k, v in model_hparams(cfg).items() if k != "architecture")
     assert datamodule.hparams.batch_size == cfg.data.batch_size
     assert trainer.max_epochs == cfg.trainer.max_epochs or trainer.fast_dev_run
