@@ -137,10 +137,16 @@ def validate_train_config(cfg: DictConfig) -> None:
     require_int("max_nonfinite_steps", cfg.max_nonfinite_steps, 1)
     require_int("seed", cfg.seed, 0)
     require(isinstance(cfg.compile, bool), "compile", cfg.compile, "true or false")
-    for name, logger in (cfg.get("logger") or {}).items():
+    for name, logger in configured_loggers(cfg).items():
         required = logger.get("requires")
         if required and importlib.util.find_spec(required) is None:
             raise UserError(f"logger={name} needs the {required} package: pip install -e '.[{required}]' (or pip install {required})")
+
+
+def configured_loggers(cfg: DictConfig) -> dict:
+    """The `logger` group's loggers by name: its entries with a _target_. Plain keys beside them are settings the
+    loggers interpolate (logger=wandb's `offline`, so that logger.offline=true works as in other templates)."""
+    return {name: node for name, node in (cfg.get("logger") or {}).items() if isinstance(node, DictConfig) and "_target_" in node}
 
 
 def read_checkpoint(path, key: str = "ckpt_path") -> dict:

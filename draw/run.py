@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from draw.callbacks import LastCheckpoint, SaveOnInterrupt, TrainThroughput, ValidationHistory
 from draw.classifier_module import ClassifierModule
-from draw.config import check_same_model, read_checkpoint, validate_train_config
+from draw.config import check_same_model, configured_loggers, read_checkpoint, validate_train_config
 from draw.errors import UserError
 from draw.module import DRAWModule
 from draw.report import read_metrics
@@ -132,7 +132,7 @@ def build_loggers(cfg: DictConfig, out: Path) -> list:
     `sqlite_file` (MLflow's) puts its store in that SQLite file in the folder, and its artifacts beside it, unless
     `tracking_uri` names a store: MLflow 3 refuses a plain file store."""
     loggers = []
-    for logger in (cfg.get("logger") or {}).values():
+    for logger in configured_loggers(cfg).values():
         settings = dict(logger)
         settings.pop("requires", None)
         folder = out / settings.pop("folder", "")

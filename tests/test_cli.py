@@ -111,7 +111,7 @@ def test_wandb_logger_runs_offline_into_the_run_folder(tiny_mnist, tmp_path, mon
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"
     run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=1", "logger=wandb",
-               "logger.wandb.offline=true", f"hydra.run.dir={run}")
+               "logger.offline=true", f"hydra.run.dir={run}")
     assert (run / "wandb").is_dir() and not (tmp_path / "wandb").exists()
     pictures = {p.name.split("_")[0] for p in run.glob("wandb/**/media/images/*.png")}
     assert {"samples", "reconstructions"} <= pictures, sorted(run.glob("wandb/**/*"))

@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from conftest import ROOT, TINY_RUN, compose_config, job_folder, run_script
 from draw.module import DRAWModule
 from draw.report import val_curve, write_summary
+from draw.config import configured_loggers
 from draw.run import build_callbacks, build_loggers, build_module, model_hparams
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -20,7 +21,7 @@ OPTIONS = [f"{group}={p.stem}" for group in GROUPS for p in sorted((ROOT / "conf
 @pytest.mark.parametrize("option", OPTIONS)
 def test_every_config_composes_and_instantiates(option, tmp_path):
     cfg = compose_config(option)
-    if any(importlib.util.find_spec(logger.requires) is None for logger in (cfg.logger or {}).values() if "requires" in logger):
+    if any(importlib.util.find_spec(logger.requires) is None for logger in configured_loggers(cfg).values() if "requires" in logger):
         pytest.skip(f"{option}: its package is not installed")
     module = build_module(cfg)
     datamodule = instantiate(cfg.data)
