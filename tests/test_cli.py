@@ -87,11 +87,16 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     assert (first, second) == (same_second, same_second + "-2") and Path(second).is_dir()
 
 
-def test_callbacks_compose_as_a_list_and_early_stopping_stops(tiny_mnist, tmp_path):
+def test_callbacks_are_added_and_tuned_from_the_command_line_and_early_stopping_stops(tiny_mnist, tmp_path):
+    from draw.run import compose_config
+
+    for overrides in (["callbacks=default", "callbacks.early_stopping.patience=5"], ["callbacks=[default,lr_monitor]"],
+                      ["task=classify", "+callbacks=lr_monitor"]):
+        assert {"best_checkpoint", "last_checkpoint", "early_stopping"} <= set(compose_config(overrides).callbacks)
     run = tmp_path / "run"
     # patience 0 and a learning rate of ~0: within a few validations one is no better, and the run stops.
     run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=10", "optim.lr=1e-12",
-               "callbacks=[default,early_stopping,lr_monitor]", "callbacks.early_stopping.patience=0", f"hydra.run.dir={run}")
+               "+callbacks=lr_monitor", "callbacks.early_stopping.patience=0", f"hydra.run.dir={run}")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] < 10 and metrics["train_images_per_s"] > 0
 
