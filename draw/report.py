@@ -28,6 +28,8 @@ TITLES = {
     "val/error": ["Test errors in % of the test images, best job first (the paper's Table 1: 4.18 with 4 glimpses,",
                   "3.36 with 8); `test/nll` is the cross-entropy in nats per image."],
 }
+# Overrides that say where a job reads, writes or resumes from, not what it is (a resumed job's ckpt_path=...).
+NOT_WHAT_A_JOB_IS = ("ckpt_path=", "hydra.", "data.data_dir=", "paths.")
 AXES = {"val/nll": "validation NLL bound (nats per image)", "val/error": "validation error (%)"}
 
 
@@ -86,7 +88,8 @@ def sweep_monitor(jobs: list) -> str:
 def collect(sweep_dir: Path) -> tuple:
     """The sweep's monitor and one row per job, sorted by its test value (unfinished and failed jobs last), with
     its validation curve."""
-    jobs = [(d, _read(d / ".hydra" / "overrides.yaml", yaml.safe_load, [])) for d in job_dirs(sweep_dir)]
+    jobs = [(d, [o for o in _read(d / ".hydra" / "overrides.yaml", yaml.safe_load, []) if not str(o).startswith(NOT_WHAT_A_JOB_IS)])
+            for d in job_dirs(sweep_dir)]
     monitor = sweep_monitor([d for d, _ in jobs])
     test = monitor.replace("val/", "test/")
     # Label each job by the overrides that differ between jobs: what the sweep compares.

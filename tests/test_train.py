@@ -49,7 +49,7 @@ def test_experiments_hold_the_paper_and_seed_settings():
     assert plain.model == attention.model
     assert all(plain.attention[k] == attention.attention[k] for k in ("read_attention", "write_attention", "read_n", "write_n"))
     # The recipe (docs/recipe.md) is both paper experiments' default.
-    assert attention.optim.lr == none.optim.lr == 3e-3 and attention.attention.write_init.gamma == 0.05
+    assert attention.optim.lr == none.optim.lr == 1.5e-3 and attention.scheduler.name == none.scheduler.name == "cosine" and attention.attention.write_init.gamma == 0.05
 
 
 def test_train_runs_end_to_end_and_leaves_the_working_folder_alone(trained_run):
