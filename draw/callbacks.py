@@ -4,7 +4,6 @@ import csv
 import logging
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -157,18 +156,16 @@ class TrainThroughput(pl.Callback):
 
 class SaveOnInterrupt(pl.Callback):
     """Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes, systemd and `timeout` send) during fit: save
-    dirpath/last.ckpt at the current step and say how to resume (train() sets the run's `resume_command`).
-    Lightning then exits."""
+    dirpath/last.ckpt at the current step (train() then prints how to resume). Lightning then exits."""
 
-    def __init__(self, dirpath, resume_command: Optional[str] = None):
-        self.path, self.resume_command = Path(dirpath) / "last.ckpt", resume_command
+    def __init__(self, dirpath):
+        self.path = Path(dirpath) / "last.ckpt"
 
     def on_exception(self, trainer, module, exception):
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == "fit":
             trainer.save_checkpoint(self.path)
             if trainer.is_global_zero:
-                resume = f"\nresume with: {self.resume_command}" if self.resume_command else ""
-                logging.getLogger("draw").info(f"interrupted: saved {self.path}{resume}")
+                logging.getLogger("draw").info(f"interrupted: saved {self.path}")
 
 
 class LastCheckpoint(ModelCheckpoint):

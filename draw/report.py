@@ -28,7 +28,8 @@ TITLES = {
     "val/error": ["Test errors in % of the test images, best job first (the paper's Table 1: 4.18 with 4 glimpses,",
                   "3.36 with 8); `test/nll` is the cross-entropy in nats per image."],
 }
-# Overrides that say where a job reads, writes or resumes from, not what it is (a resumed job's ckpt_path=...).
+# Overrides that say where a job reads, writes or resumes from, not what it is (a resumed job's ckpt_path=...);
+# conf/config.yaml's override_dirname.exclude_keys leaves the same out of a job's folder name.
 NOT_WHAT_A_JOB_IS = ("ckpt_path=", "hydra.", "data.data_dir=", "paths.")
 AXES = {"val/nll": "validation NLL bound (nats per image)", "val/error": "validation error (%)"}
 

@@ -145,16 +145,11 @@ def build_loggers(cfg: DictConfig, out: Path) -> list:
     return loggers
 
 
-def build_callbacks(cfg: DictConfig, out: Path, resume_command: str) -> list:
-    """The `callbacks` group's callbacks, a `dirpath` in their config being a folder inside the run folder, and
-    SaveOnInterrupt told how to resume this run; then what every run has: its validation history
-    (validation.csv, read by draw.report) and one progress bar."""
-    callbacks = []
-    for node in (cfg.get("callbacks") or {}).values():
-        callback = hydra.utils.instantiate(node, **({"dirpath": str(out / node.dirpath)} if "dirpath" in node else {}))
-        if isinstance(callback, SaveOnInterrupt):
-            callback.resume_command = resume_command
-        callbacks.append(callback)
+def build_callbacks(cfg: DictConfig, out: Path) -> list:
+    """The `callbacks` group's callbacks, a `dirpath` in their config being a folder inside the run folder; then
+    what every run has: its validation history (validation.csv, read by draw.report) and one progress bar."""
+    callbacks = [hydra.utils.instantiate(node, **({"dirpath": str(out / node.dirpath)} if "dirpath" in node else {}))
+                 for node in (cfg.get("callbacks") or {}).values()]
     callbacks.append(ValidationHistory(out / "validation.csv"))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar())  # Lightning would pick Rich's where rich is installed: one bar everywhere
@@ -193,7 +188,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     resume_command = resume_command or " ".join([
         "python train.py", *(o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))),
         f"hydra.run.dir={out}", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
-    callbacks = build_callbacks(cfg, out, resume_command)
+    callbacks = build_callbacks(cfg, out)
     best = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor == monitor), None)
     throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
     trainer = hydra.utils.instantiate(
@@ -218,9 +213,11 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
             log.info(f"outputs: {out}" + (f"\nif this run dies, resume it with: {resume_command}" if resumable else ""))
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except SIGTERMException:
+        except (SIGTERMException, SystemExit) as stopped:  # SIGTERM, or Ctrl-C (after which Lightning exits)
+            if trainer.is_global_zero and any(isinstance(c, SaveOnInterrupt) for c in callbacks):
+                log.info(f"resume with: {resume_command}")
             # Lightning ends a SIGTERM-ed fit with exit status 0; a scheduler must not read it as done.
-            raise SystemExit(128 + signal.SIGTERM) from None
+            raise SystemExit(128 + signal.SIGTERM if isinstance(stopped, SIGTERMException) else stopped.code) from None
         evaluated = (best.best_model_path or None) if best else None  # none when no validation ran, or callbacks=none
     if cfg.task.name == "generate":
         module.iw_samples = cfg.eval.iw_samples

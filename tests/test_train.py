@@ -25,7 +25,7 @@ def test_every_config_composes_and_instantiates(option, tmp_path):
         pytest.skip(f"{option}: its package is not installed")
     module = build_module(cfg)
     datamodule = instantiate(cfg.data)
-    callbacks = build_callbacks(cfg, tmp_path, resume_command="python train.py ...")
+    callbacks = build_callbacks(cfg, tmp_path)
     trainer = instantiate(cfg.trainer, logger=build_loggers(cfg, tmp_path) or False, callbacks=callbacks)
     assert all(callback in trainer.callbacks for callback in callbacks)
     assert all(getattr(module.model.cfg, k) == v for k, v in model_hparams(cfg).items() if k != "architecture")
