@@ -13,8 +13,6 @@ import torch.nn as nn
 # exp() of an attention parameter stays inside [e^-10, e^10]: an extreme decoder state cannot make a
 # variance, stride or intensity of 0 or inf (and so a NaN) on the forward path.
 LOG_CLAMP = 10.0
-# What init_window sets, as the configs' read_init and write_init name it.
-WINDOW_INIT_KEYS = ("stride", "var", "gamma", "centre_gain")
 
 
 class AttentionWindow(NamedTuple):
@@ -65,18 +63,12 @@ def read(images: torch.Tensor, window: AttentionWindow, F_x: torch.Tensor, F_y: 
     return window.gamma[:, None, None, None] * glimpses
 
 
-def init_window(params: nn.Linear, N: int, height: int, width: int, stride=None, var=None, gamma=None,
-                centre_gain=None) -> None:
+def init_window(params: nn.Linear, N: int, height: int, width: int, stride=None, var=None, gamma=None) -> None:
     """Start a window's filters `stride` pixels apart, with variance `var` (pixels^2) and intensity `gamma`, by
     the biases of Eq. 21's log delta~, log sigma^2 and log gamma; None leaves that bias as nn.Linear made it.
-    Left alone, the grid starts spanning the whole image (delta ~ (max(H, W) - 1) / (N - 1), Eq. 24 with
-    log delta~ ~ 0) with filters of variance ~1 and gamma ~1: a 2 x 2 read then sees four pixels on the border,
-    where MNIST is blank.
-
-    `centre_gain` multiplies the weights from the state to the centre (Eq. 21's g~_X, g~_Y rows): nn.Linear's
-    own are so small that at the start every step's window sits within a pixel or so of the last one (a DRAW
-    read at the paper's sizes: ~0.7 px standard deviation over the 64 steps; x5 gives ~3.7 px, the spread of a
-    trained model's read). None leaves them as they are."""
+    The weights stay as they are, so h_dec moves the window from there. Left alone, the grid starts spanning
+    the whole image (delta ~ (max(H, W) - 1) / (N - 1), Eq. 24 with log delta~ ~ 0) with filters of variance
+    ~1 and gamma ~1: a 2 x 2 read then sees four pixels on the border, where MNIST is blank."""
     with torch.no_grad():
         if stride is not None:
             params.bias[3] = math.log(stride / ((max(height, width) - 1) / max(N - 1, 1)))  # Eq. 24 solved for log delta~
@@ -84,8 +76,6 @@ def init_window(params: nn.Linear, N: int, height: int, width: int, stride=None,
             params.bias[2] = math.log(var)
         if gamma is not None:
             params.bias[4] = math.log(gamma)
-        if centre_gain is not None:
-            params.weight[:2] *= centre_gain
 
 
 class Filterbank(nn.Module):

@@ -9,7 +9,7 @@ from typing import Iterable, List, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from draw.attention import WINDOW_INIT_KEYS, AttentionWindow, Filterbank, init_window, read
+from draw.attention import AttentionWindow, Filterbank, init_window, read
 
 
 @dataclass
@@ -23,7 +23,7 @@ class GlimpseConfig:
     read_n: int = 12
     hidden_size: int = 256
     # Where the first window starts (init_window): None keeps nn.Linear's own start, the whole image.
-    read_init: dict = field(default_factory=lambda: dict.fromkeys(WINDOW_INIT_KEYS))
+    read_init: dict = field(default_factory=lambda: {"stride": None, "var": None, "gamma": None})
 
 
 @dataclass

@@ -10,7 +10,6 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from draw.attention import WINDOW_INIT_KEYS
 from draw.classifier import ARCHITECTURES, classifier_defaults
 from draw.data import check_binarization
 from draw.data.mnist import MNIST_SIZE
@@ -58,7 +57,7 @@ TASK_DATA = {"generate": ("draw.data.MNISTDataModule", "draw.data.TwoDigitMNISTD
 
 def check_window_init(key: str, init) -> None:
     for name, value in init.items():
-        require(name in WINDOW_INIT_KEYS, f"{key}.{name}", value, f"the keys are {', '.join(WINDOW_INIT_KEYS)}")
+        require(name in ("stride", "var", "gamma"), f"{key}.{name}", value, "the keys are stride, var and gamma")
         require(value is None or (_is_number(value) and value > 0), f"{key}.{name}", value, "null or a number > 0")
 
 
@@ -176,10 +175,7 @@ def check_same_model(checkpoint: dict, cfg: DictConfig, path) -> None:
         saved, groups = {**classifier_defaults(model["architecture"]), **model}, ("model",)
     for group in groups:
         for name, value in cfg[group].items():
-            value = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
-            if isinstance(value, dict) and isinstance(saved.get(name), dict):  # a key the checkpoint predates is null
-                value, saved[name] = ({k: d.get(k) for k in value | saved[name]} for d in (value, saved[name]))
-            if value != saved.get(name):
+            if (OmegaConf.to_object(value) if OmegaConf.is_config(value) else value) != saved.get(name):
                 raise UserError(
                     f"ckpt_path={path} was trained with {group}.{name}={saved.get(name)!r} but this run has "
                     f"{group}.{name}={value!r}: resume with the checkpoint's settings, or start a new run"

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from draw.attention import WINDOW_INIT_KEYS, AttentionWindow, Filterbank, init_window, read
+from draw.attention import AttentionWindow, Filterbank, init_window, read
 
 @dataclass
 class DRAWConfig:
@@ -30,8 +30,8 @@ class DRAWConfig:
     read_n: int = 2
     write_n: int = 5
     # Where each window starts before training moves it (init_window): None keeps nn.Linear's own start.
-    read_init: dict = field(default_factory=lambda: dict.fromkeys(WINDOW_INIT_KEYS))
-    write_init: dict = field(default_factory=lambda: dict.fromkeys(WINDOW_INIT_KEYS))
+    read_init: dict = field(default_factory=lambda: {"stride": None, "var": None, "gamma": None})
+    write_init: dict = field(default_factory=lambda: {"stride": None, "var": None, "gamma": None})
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from pytorch_lightning import Trainer
 from conftest import compose_config, tiny_module
 from draw.config import check_same_model
 from draw.data import MNISTDataModule
-from draw.errors import UserError
 from draw.model import DRAW, DRAWConfig
 from draw.module import DRAWModule, build_optimizer, lr_schedule
 from draw.run import build_module
@@ -30,21 +29,6 @@ def test_windows_start_where_the_config_says(N):
     assert 0.6 < float(delta.detach().mean()) / (27 / (N - 1)) < 1.5
 
 
-def test_centre_gain_makes_the_state_move_the_window_that_much_more():
-    """centre_gain scales how far h_dec moves the centre (g~_X, g~_Y rows of Eq. 21), nothing else."""
-    def window(centre_gain):
-        torch.manual_seed(0)
-        model = DRAW(DRAWConfig(T=2, z_size=4, enc_size=8, dec_size=8, read_init={"stride": 9.0, "centre_gain": centre_gain}))
-        return model.read.filterbank(model.read.params(h_dec))[0]
-
-    h_dec = torch.randn(16, 8)
-    plain, moved = window(None), window(5.0)
-    for field in ("g_x", "g_y"):
-        plain_offset = getattr(plain, field) - getattr(plain, field).mean()
-        assert torch.allclose(getattr(moved, field) - getattr(moved, field).mean(), 5 * plain_offset, atol=1e-4)
-    assert torch.allclose(moved.delta, plain.delta) and torch.allclose(moved.var, plain.var)
-
-
 def test_window_init_composes_into_the_model():
     module = build_module(compose_config("attention.read_init.stride=8", "attention.read_init.var=12"))
     window = module.model.read.filterbank(module.model.read.params(torch.zeros(1, 256)))[0]
@@ -52,14 +36,10 @@ def test_window_init_composes_into_the_model():
 
 
 def test_checkpoint_from_before_window_init_resumes():
-    """A checkpoint whose hyper-parameters predate read_init and write_init, or centre_gain, means their default."""
+    """A checkpoint whose hyper-parameters predate read_init and write_init means their default."""
     cfg = compose_config()
     saved = {k: v for k, v in build_module(cfg).hparams.model.items() if k not in ("read_init", "write_init")}
     check_same_model({"hyper_parameters": {"model": saved}}, cfg, "old.ckpt")  # no error
-    no_gain = {"stride": None, "var": None, "gamma": None}
-    check_same_model({"hyper_parameters": {"model": {**saved, "read_init": no_gain, "write_init": no_gain}}}, cfg, "old.ckpt")
-    with pytest.raises(UserError, match="attention.read_init"):
-        check_same_model({"hyper_parameters": {"model": {**saved, "read_init": {**no_gain, "centre_gain": 5.0}}}}, cfg, "new.ckpt")
 
 
 @pytest.mark.parametrize("optim,kind,decay", [("adam", torch.optim.Adam, 0.0), ("adamw", torch.optim.AdamW, 1e-2)])
