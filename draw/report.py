@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # TensorBoard's event reader logs every file it opens ("Directory watcher advancing ...") at INFO.
 logging.getLogger("tensorboard").setLevel(logging.WARNING)
@@ -28,9 +28,6 @@ TITLES = {
     "val/error": ["Test errors in % of the test images, best job first (the paper's Table 1: 4.18 with 4 glimpses,",
                   "3.36 with 8); `test/nll` is the cross-entropy in nats per image."],
 }
-# Overrides that say where a job reads, writes or resumes from, not what it is (a resumed job's ckpt_path=...);
-# conf/config.yaml's override_dirname.exclude_keys leaves the same out of a job's folder name.
-NOT_WHAT_A_JOB_IS = ("ckpt_path=", "hydra.", "data.data_dir=", "paths.")
 AXES = {"val/nll": "validation NLL bound (nats per image)", "val/error": "validation error (%)"}
 
 
@@ -72,6 +69,14 @@ def _read(path: Path, load, default):
         return default
 
 
+def job_overrides(job_dir: Path) -> list:
+    """What a job is: its overrides, less those that only say where it reads, writes or resumes from (a resumed
+    job's ckpt_path=...), the keys its config's override_dirname.exclude_keys leaves out of folder names too."""
+    hydra_config = OmegaConf.create(_read(job_dir / ".hydra" / "hydra.yaml", yaml.safe_load, {}))
+    where = set(OmegaConf.select(hydra_config, "hydra.job.config.override_dirname.exclude_keys", default=[]))
+    return [o for o in _read(job_dir / ".hydra" / "overrides.yaml", yaml.safe_load, []) if str(o).split("=")[0] not in where]
+
+
 def read_metrics(job_dir: Path) -> dict:
     """A run's metrics.json, or {} where it is missing or half-written."""
     return _read(job_dir / "metrics.json", json.loads, {})
@@ -89,8 +94,7 @@ def sweep_monitor(jobs: list) -> str:
 def collect(sweep_dir: Path) -> tuple:
     """The sweep's monitor and one row per job, sorted by its test value (unfinished and failed jobs last), with
     its validation curve."""
-    jobs = [(d, [o for o in _read(d / ".hydra" / "overrides.yaml", yaml.safe_load, []) if not str(o).startswith(NOT_WHAT_A_JOB_IS)])
-            for d in job_dirs(sweep_dir)]
+    jobs = [(d, job_overrides(d)) for d in job_dirs(sweep_dir)]
     monitor = sweep_monitor([d for d, _ in jobs])
     test = monitor.replace("val/", "test/")
     # Label each job by the overrides that differ between jobs: what the sweep compares.

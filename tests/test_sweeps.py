@@ -107,10 +107,13 @@ def test_report_survives_empty_half_written_and_failed_job_folders(tiny_mnist, t
 
 def test_report_labels_jobs_by_what_they_are_not_where_they_resumed_from(tmp_path):
     sweep = tmp_path / "sweep"
-    for name, overrides in (("a", ["attention=none", "optim.lr=1e-3", "ckpt_path=/runs/a/last.ckpt", "hydra.run.dir=/runs/a"]),
+    for name, overrides in (("a", ["attention=none", "optim.lr=1e-3", "ckpt_path=/runs/a/last.ckpt"]),
                             ("b", ["attention=read", "optim.lr=1e-3", "data.data_dir=/data"])):
         (sweep / name / ".hydra").mkdir(parents=True)
         (sweep / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        # what Hydra writes beside them, from conf/config.yaml
+        (sweep / name / ".hydra" / "hydra.yaml").write_text(
+            "hydra:\n  job:\n    config:\n      override_dirname:\n        exclude_keys: [data.data_dir, ckpt_path]\n")
         (sweep / name / "metrics.json").write_text('{"test/nll": 90.0, "status": "completed"}')
     rows = {r["job"]: r["overrides"] for r in write_summary(sweep)}
     assert rows == {"a": "attention=none", "b": "attention=read"}
