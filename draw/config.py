@@ -163,15 +163,23 @@ def read_checkpoint(path, key: str = "ckpt_path") -> dict:
     return checkpoint
 
 
+def check_same_task(checkpoint: dict, cfg: DictConfig, path, key: str = "ckpt_path") -> None:
+    """A DRAW checkpoint for task=generate, a classifier's for task=classify."""
+    model = checkpoint["hyper_parameters"]["model"]
+    if cfg.task.name == "generate":
+        require("architecture" not in model, key, str(path), "a DRAW checkpoint with task=generate (this one is a classifier's: add task=classify)")
+    else:
+        require("architecture" in model, key, str(path), "a classifier's checkpoint with task=classify (this one is DRAW's)")
+
+
 def check_same_model(checkpoint: dict, cfg: DictConfig, path) -> None:
     """Resuming needs the checkpoint's sizes: name the first setting of the model (and for DRAW, attention) groups
     that differs. A setting the checkpoint predates counts as its config's default."""
+    check_same_task(checkpoint, cfg, path)
     model = checkpoint["hyper_parameters"]["model"]
     if cfg.task.name == "generate":
-        require("architecture" not in model, "ckpt_path", str(path), "a DRAW checkpoint with task=generate (this one is a classifier's: add task=classify)")
         saved, groups = {**vars(DRAWConfig()), **model}, ("model", "attention")
     else:
-        require("architecture" in model, "ckpt_path", str(path), "a classifier's checkpoint with task=classify (this one is DRAW's)")
         saved, groups = {**classifier_defaults(model["architecture"]), **model}, ("model",)
     for group in groups:
         for name, value in cfg[group].items():
@@ -180,6 +188,21 @@ def check_same_model(checkpoint: dict, cfg: DictConfig, path) -> None:
                     f"ckpt_path={path} was trained with {group}.{name}={saved.get(name)!r} but this run has "
                     f"{group}.{name}={value!r}: resume with the checkpoint's settings, or start a new run"
                 )
+
+
+def load_weights(module, checkpoint: dict, path) -> None:
+    """init_from: the checkpoint's weights into a new run's module, or one line naming the first weight whose
+    shape differs (the settings that size a weight must match; read_init, T or glimpses need not)."""
+    own = module.state_dict()
+    for name, weight in checkpoint["state_dict"].items():
+        if name not in own or own[name].shape != weight.shape:
+            have = tuple(own[name].shape) if name in own else "no such weight"
+            raise UserError(f"init_from={path} does not fit this model: its {name} is {tuple(weight.shape)}, "
+                            f"this run's {have}: give the model the checkpoint's sizes")
+    missing = sorted(set(own) - set(checkpoint["state_dict"]))
+    if missing:
+        raise UserError(f"init_from={path} lacks weights this model has ({', '.join(missing[:3])}): give the model the checkpoint's sizes")
+    module.load_state_dict(checkpoint["state_dict"])
 
 
 def check_writable(folder) -> None:

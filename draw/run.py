@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from draw.callbacks import LastCheckpoint, SaveOnInterrupt, TrainThroughput, ValidationHistory
 from draw.classifier_module import ClassifierModule
-from draw.config import check_same_model, configured_loggers, read_checkpoint, validate_train_config
+from draw.config import check_same_model, check_same_task, configured_loggers, load_weights, read_checkpoint, validate_train_config
 from draw.errors import UserError
 from draw.module import DRAWModule
 from draw.report import read_metrics
@@ -179,6 +179,13 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
             check_same_model(checkpoint, cfg, ckpt_path)
     elif not cfg.train:
         raise UserError("train=false evaluates a checkpoint: give it as ckpt_path=PATH")
+    start = None  # init_from's checkpoint: a new run's first weights (a resumed run's checkpoint holds their successors)
+    if cfg.get("init_from"):
+        if not cfg.train:
+            raise UserError("init_from starts a training run: to evaluate a checkpoint with train=false, give it as ckpt_path=PATH")
+        if not ckpt_path:
+            start = read_checkpoint(cfg.init_from, key="init_from")
+            check_same_task(start, cfg, cfg.init_from, key="init_from")
     out = Path(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -199,6 +206,9 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     )
     if cfg.train:
         module = build_module(cfg)
+        if start:
+            load_weights(module, start, cfg.init_from)
+            log.info(f"weights from {cfg.init_from} (epoch {start.get('epoch', 0) + 1} of its run); a fresh optimizer and schedule")
     else:
         module = MODULES[cfg.task.name].load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     if trainer.is_global_zero:

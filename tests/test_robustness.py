@@ -111,6 +111,40 @@ def test_bad_checkpoint_is_named_with_the_reason(problem, trained_run, tiny_mnis
     assert f"ckpt_path={path}" in str(error.value) and fragment in str(error.value)
 
 
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(trained_run, tiny_mnist, tmp_path):
+    """init_from: the weights of a finished run (here exported, as the shipped models are), a fresh optimizer and
+    epoch count; T sizes no weight, so it may differ. One step at a tiny lr leaves the weights where they started."""
+    from draw.export import export
+
+    _, run, _ = trained_run
+    source = export(run / "checkpoints" / "last.ckpt", tmp_path / "exported.ckpt")
+    overrides = [*TINY_RUN, f"data.data_dir={tiny_mnist}", "model.T=4", "trainer.max_epochs=1",
+                 "+trainer.limit_train_batches=1", "optim.lr=1e-7"]
+    train(compose_config(*overrides, f"init_from={tmp_path}/exported.ckpt"), str(tmp_path / "from"))
+    train(compose_config(*overrides), str(tmp_path / "fresh"))
+    started, fresh = (torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True) for name in ("from", "fresh"))
+    assert started["global_step"] == 1 and started["epoch"] == 0 < source["epoch"]
+    for name, weight in source["state_dict"].items():
+        assert torch.allclose(started["state_dict"][name], weight, atol=1e-5), name
+    assert not torch.allclose(fresh["state_dict"]["model.q.weight"], source["state_dict"]["model.q.weight"], atol=1e-2)
+
+
+@pytest.mark.parametrize("case", ["other sizes", "other task", "train=false"])
+def test_bad_init_from_is_one_line(case, trained_run, tiny_mnist, tmp_path):
+    _, run, _ = trained_run
+    last = run / "checkpoints" / "last.ckpt"
+    overrides, fragment = {
+        "other sizes": ([*TINY_RUN, "model.z_size=5"], f"init_from={last} does not fit this model: its model."),
+        "other task": (["task=classify"], f"init_from='{last}' is not allowed: a classifier's checkpoint with task=classify"),
+        "train=false": ([*TINY_RUN, "train=false", f"ckpt_path={last}"], "init_from starts a training run"),
+    }[case]
+    overrides = [*overrides, f"data.data_dir={tiny_mnist}", f"init_from={last}"]
+    with pytest.raises(UserError) as error:
+        train(compose_config(*overrides), str(tmp_path / "run"))
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
 def test_killed_run_resumes_to_the_same_number_of_steps(tiny_mnist, tmp_path):
     overrides = [f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=10", "checkpoint_every_n_steps=5"]
     run = tmp_path / "run"
