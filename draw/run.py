@@ -206,7 +206,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     )
     if cfg.train:
         module = build_module(cfg)
-        if start:
+        if start is not None:
             load_weights(module, start, cfg.init_from)
             log.info(f"weights from {cfg.init_from} (epoch {start.get('epoch', 0) + 1} of its run); a fresh optimizer and schedule")
     else:
