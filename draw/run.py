@@ -39,7 +39,9 @@ CONF = _conf_dir()
 
 def job_folder(override_dirname: str) -> str:
     """A sweep job's folder name (conf/config.yaml's hydra.sweep.subdir): its overrides, "attention=none,model.T=16";
-    "defaults" when it has none; cut and suffixed with a hash beyond 120 characters (file names end at 255)."""
+    "defaults" when it has none; a path's slashes as "_" (init_from=runs/a/last.ckpt would nest folders); cut and
+    suffixed with a hash beyond 120 characters (file names end at 255)."""
+    override_dirname = override_dirname.replace("/", "_")
     if len(override_dirname) > 120:
         return f"{override_dirname[:100]}...{hashlib.sha1(override_dirname.encode()).hexdigest()[:10]}"
     return override_dirname or "defaults"

@@ -28,6 +28,24 @@ def test_a_failed_job_is_recorded_and_the_others_run(tiny_mnist, tmp_path):
     assert [r["status"] for r in write_summary(sweep)] == ["completed", "completed", "failed"]
 
 
+@pytest.mark.slow
+def test_a_sweep_over_init_from_gives_each_start_its_own_folder(trained_run, tiny_mnist, tmp_path):
+    """Folders are named by overrides: two starting checkpoints are two jobs, not one folder written twice (which a
+    rerun would then take as finished), and a path's slashes do not nest folders."""
+    from draw.export import export
+
+    _, run, _ = trained_run
+    starts = [run / "checkpoints" / "last.ckpt", tmp_path / "exported.ckpt"]
+    export(*starts)
+    sweep = tmp_path / "sweep"
+    run_script("train.py", tmp_path, "-m", f"init_from={starts[0]},{starts[1]}", f"data.data_dir={tiny_mnist}", *TINY_RUN,
+               "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
+    rows = write_summary(sweep)
+    assert len(rows) == 2 and [r["status"] for r in rows] == ["completed", "completed"]
+    assert {r["overrides"] for r in rows} == {f"init_from={start}" for start in starts}
+    assert all(p.is_file() for p in sweep.glob("*/metrics.json")) and len([p for p in sweep.iterdir() if p.is_dir()]) == 2
+
+
 def test_killed_sweep_reruns_into_the_same_folder(tiny_mnist, tmp_path):
     sweep = tmp_path / "sweep"
     command = [sys.executable, str(ROOT / "train.py"), "-m", "attention=none,write", f"data.data_dir={tiny_mnist}",
