@@ -43,7 +43,8 @@ def test_a_sweep_over_init_from_gives_each_start_its_own_folder(trained_run, tin
     rows = write_summary(sweep)
     assert len(rows) == 2 and [r["status"] for r in rows] == ["completed", "completed"]
     assert {r["overrides"] for r in rows} == {f"init_from={start}" for start in starts}
-    assert all(p.is_file() for p in sweep.glob("*/metrics.json")) and len([p for p in sweep.iterdir() if p.is_dir()]) == 2
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 2 and sorted(p.parent for p in sweep.glob("*/metrics.json")) == jobs  # side by side, each finished
 
 
 def test_killed_sweep_reruns_into_the_same_folder(tiny_mnist, tmp_path):
