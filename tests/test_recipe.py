@@ -35,6 +35,19 @@ def test_window_init_composes_into_the_model():
     assert torch.allclose(window.delta, torch.tensor(8.0)) and torch.allclose(window.var, torch.tensor(12.0))
 
 
+def test_forget_bias_starts_both_lstms_forget_gates_there_and_nothing_else():
+    sizes = ("model.T=2", "model.z_size=4", "model.enc_size=8", "model.dec_size=8")
+    torch.manual_seed(0)
+    plain = build_module(compose_config(*sizes)).model
+    torch.manual_seed(0)
+    model = build_module(compose_config(*sizes, "model.forget_bias=1.0")).model
+    for cell, before in ((model.encoder, plain.encoder), (model.decoder, plain.decoder)):
+        bias, bias_before = cell.bias_ih + cell.bias_hh, before.bias_ih + before.bias_hh  # (4H,): gates i, f, g, o
+        assert torch.equal(bias[8:16], torch.ones(8)) and not torch.equal(bias_before[8:16], torch.ones(8))
+        assert torch.equal(bias[:8], bias_before[:8]) and torch.equal(bias[16:], bias_before[16:])
+        assert torch.equal(cell.weight_ih, before.weight_ih) and torch.equal(cell.weight_hh, before.weight_hh)
+
+
 def test_checkpoint_from_before_window_init_resumes():
     """A checkpoint whose hyper-parameters predate read_init and write_init means their default."""
     cfg = compose_config()
