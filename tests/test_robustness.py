@@ -172,10 +172,12 @@ def test_stopped_run_saves_says_how_to_resume_and_resumes_to_the_same_steps(sign
     run = tmp_path / "run"
     # last.ckpt every 7 steps: its first appearance says training is under way (a condition, not a sleep)
     overrides = [f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=10", "checkpoint_every_n_steps=7"]
-    # Ctrl-C as a terminal sends it: to a process that takes SIGINT, which a shell's background job (pytest ... &) does not.
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run}"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # Ctrl-C as a terminal sends it: to a process that takes SIGINT, which a shell's background job (pytest ... &) does
+    # not. A small launcher takes SIGINT back and execs train.py; Popen's preexec_fn would do the same in the forked
+    # child, where, with torch's threads in this process, it can deadlock before the exec (Python's documentation warns).
+    takes_sigint = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.executable, sys.argv[1:])"
+    proc = subprocess.Popen([sys.executable, "-c", takes_sigint, sys.executable, str(ROOT / "train.py"), *overrides,
+                             f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = run / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
     while not last.exists() and proc.poll() is None and time.time() < deadline:
