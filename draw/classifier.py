@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from draw.attention import AttentionWindow, Filterbank, init_window, read
+from draw.model import init_forget_gate
 
 
 @dataclass
@@ -24,6 +25,8 @@ class GlimpseConfig:
     hidden_size: int = 256
     # Where the first window starts (init_window): None keeps nn.Linear's own start, the whole image.
     read_init: dict = field(default_factory=lambda: {"stride": None, "var": None, "gamma": None})
+    # The LSTM's forget-gate bias at the start (None: nn.LSTMCell's own, near 0), as DRAWConfig.forget_bias.
+    forget_bias: Optional[float] = None
 
 
 @dataclass
@@ -59,6 +62,8 @@ class GlimpseClassifier(nn.Module):
         self.window_params = nn.Linear(cfg.hidden_size, 5)  # Eq. 21, from h_{t-1}
         self.filterbank = Filterbank(N, cfg.height, cfg.width)
         self.lstm = nn.LSTMCell(N * N, cfg.hidden_size)
+        if cfg.forget_bias is not None:
+            init_forget_gate(self.lstm, cfg.forget_bias)
         self.classify = nn.Linear(cfg.hidden_size, cfg.classes)
         init_window(self.window_params, N, cfg.height, cfg.width, **cfg.read_init)
 

@@ -35,13 +35,16 @@ def test_window_init_composes_into_the_model():
     assert torch.allclose(window.delta, torch.tensor(8.0)) and torch.allclose(window.var, torch.tensor(12.0))
 
 
-def test_forget_bias_starts_both_lstms_forget_gates_there_and_nothing_else():
-    sizes = ("model.T=2", "model.z_size=4", "model.enc_size=8", "model.dec_size=8")
+@pytest.mark.parametrize("sizes,lstms", [
+    (("model.T=2", "model.z_size=4", "model.enc_size=8", "model.dec_size=8"), lambda model: (model.encoder, model.decoder)),
+    (("task=classify", "model.hidden_size=8", "model.read_n=4"), lambda model: (model.lstm,)),
+], ids=["draw", "classifier"])
+def test_forget_bias_starts_every_lstms_forget_gate_there_and_nothing_else(sizes, lstms):
     torch.manual_seed(0)
     plain = build_module(compose_config(*sizes)).model
     torch.manual_seed(0)
     model = build_module(compose_config(*sizes, "model.forget_bias=1.0")).model
-    for cell, before in ((model.encoder, plain.encoder), (model.decoder, plain.decoder)):
+    for cell, before in zip(lstms(model), lstms(plain)):
         bias, bias_before = cell.bias_ih + cell.bias_hh, before.bias_ih + before.bias_hh  # (4H,): gates i, f, g, o
         assert torch.equal(bias[8:16], torch.ones(8)) and not torch.equal(bias_before[8:16], torch.ones(8))
         assert torch.equal(bias[:8], bias_before[:8]) and torch.equal(bias[16:], bias_before[16:])
