@@ -39,12 +39,16 @@ CONF = _conf_dir()
 
 def job_folder(override_dirname: str) -> str:
     """A sweep job's folder name (conf/config.yaml's hydra.sweep.subdir): its overrides, "attention=none,model.T=16";
-    "defaults" when it has none; a path's slashes as "_" (init_from=runs/a/last.ckpt would nest folders); cut and
-    suffixed with a hash beyond 120 characters (file names end at 255)."""
-    override_dirname = override_dirname.replace("/", "_")
-    if len(override_dirname) > 120:
-        return f"{override_dirname[:100]}...{hashlib.sha1(override_dirname.encode()).hexdigest()[:10]}"
-    return override_dirname or "defaults"
+    "defaults" when it has none. A path's slashes become "_" (init_from=runs/a/last.ckpt would nest folders) and a
+    name beyond 120 characters is cut (file names end at 255); either way a hash of the overrides ends the name,
+    so that runs/a_b/x and runs/a/b_x stay two folders."""
+    name = override_dirname.replace("/", "_")
+    digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
+    if len(name) > 120:
+        return f"{name[:100]}...{digest}"
+    if name != override_dirname:
+        return f"{name}...{digest}"
+    return name or "defaults"
 
 
 @functools.lru_cache(maxsize=None)  # Hydra resolves the run folder several times in one process: one answer

@@ -87,6 +87,16 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     assert (first, second) == (same_second, same_second + "-2") and Path(second).is_dir()
 
 
+def test_job_folders_of_different_overrides_differ_and_never_nest():
+    from draw.run import job_folder
+
+    paths = [job_folder("init_from=runs/a_b/last.ckpt"), job_folder("init_from=runs/a/b_last.ckpt")]
+    assert paths[0] != paths[1] and "/" not in paths[0] + paths[1]
+    long = [job_folder(f"model.T={T}," + "x" * 200) for T in (1, 2)]
+    assert long[0] != long[1] and max(map(len, long)) < 255
+    assert job_folder("attention=none,model.T=16") == "attention=none,model.T=16" and job_folder("") == "defaults"
+
+
 def test_callbacks_are_added_and_tuned_from_the_command_line_and_early_stopping_stops(tiny_mnist, tmp_path):
     from draw.run import compose_config
 
