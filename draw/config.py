@@ -173,8 +173,8 @@ def check_same_task(checkpoint: dict, cfg: DictConfig, path, key: str = "ckpt_pa
 
 
 def check_same_model(checkpoint: dict, cfg: DictConfig, path) -> None:
-    """Resuming needs the checkpoint's sizes: name the first setting of the model (and for DRAW, attention) groups
-    that differs. A setting the checkpoint predates counts as its config's default."""
+    """Resuming needs the checkpoint's sizes and batch size: name the first setting of the model (and for DRAW,
+    attention) groups that differs, or the batch size. A setting the checkpoint predates counts as its config's default."""
     check_same_task(checkpoint, cfg, path)
     model = checkpoint["hyper_parameters"]["model"]
     if cfg.task.name == "generate":
@@ -188,6 +188,10 @@ def check_same_model(checkpoint: dict, cfg: DictConfig, path) -> None:
                     f"ckpt_path={path} was trained with {group}.{name}={saved.get(name)!r} but this run has "
                     f"{group}.{name}={value!r}: resume with the checkpoint's settings, or start a new run"
                 )
+    batch_size = checkpoint.get("datamodule_hyper_parameters", {}).get("batch_size", cfg.data.batch_size)
+    if batch_size != cfg.data.batch_size:  # the lr schedule and the place within the epoch count its steps
+        raise UserError(f"ckpt_path={path} was trained with data.batch_size={batch_size} but this run has "
+                        f"data.batch_size={cfg.data.batch_size}: resume with data.batch_size={batch_size}, or start a new run")
 
 
 def load_weights(module, checkpoint: dict, path) -> None:

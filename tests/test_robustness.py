@@ -93,7 +93,7 @@ def test_data_folder_without_mnist_says_where_to_put_it(tmp_path, monkeypatch):
     assert not (tmp_path / "empty").exists()  # the failed lookup left no empty MNIST/raw folders behind
 
 
-@pytest.mark.parametrize("problem", ["missing", "not a checkpoint", "truncated", "other sizes"])
+@pytest.mark.parametrize("problem", ["missing", "not a checkpoint", "truncated", "other sizes", "other batch size"])
 def test_bad_checkpoint_is_named_with_the_reason(problem, trained_run, tiny_mnist, tmp_path):
     _, run, _ = trained_run
     good = run / "checkpoints" / "last.ckpt"
@@ -104,8 +104,10 @@ def test_bad_checkpoint_is_named_with_the_reason(problem, trained_run, tiny_mnis
         path.write_text("hello")
     elif problem == "truncated":
         path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    else:
+    elif problem == "other sizes":
         path, overrides, fragment = good, [*TINY_RUN, "model.T=5"], "was trained with model.T=3 but this run has model.T=5"
+    else:
+        path, overrides, fragment = good, [*TINY_RUN, "data.batch_size=10"], "trained with data.batch_size=20 but this run has data.batch_size=10"
     with pytest.raises(UserError) as error:
         train(compose_config(*overrides, f"data.data_dir={tiny_mnist}", f"ckpt_path={path}"), str(tmp_path / "run"))
     assert f"ckpt_path={path}" in str(error.value) and fragment in str(error.value)
