@@ -172,26 +172,23 @@ def check_same_task(checkpoint: dict, cfg: DictConfig, path, key: str = "ckpt_pa
         require("architecture" in model, key, str(path), "a classifier's checkpoint with task=classify (this one is DRAW's)")
 
 
-def check_same_model(checkpoint: dict, cfg: DictConfig, path) -> None:
-    """Resuming needs the checkpoint's sizes and batch size: name the first setting of the model (and for DRAW,
-    attention) groups that differs, or the batch size. A setting the checkpoint predates counts as its config's default."""
+def check_same_settings(checkpoint: dict, cfg: DictConfig, path) -> None:
+    """Resuming needs the checkpoint's sizes and batch size (the lr schedule and the place within the epoch count its
+    steps): name the first setting of the model (and for DRAW, attention) groups, or data.batch_size, that differs.
+    A setting the checkpoint predates counts as its config's default."""
     check_same_task(checkpoint, cfg, path)
     model = checkpoint["hyper_parameters"]["model"]
     if cfg.task.name == "generate":
         saved, groups = {**vars(DRAWConfig()), **model}, ("model", "attention")
     else:
         saved, groups = {**classifier_defaults(model["architecture"]), **model}, ("model",)
-    for group in groups:
-        for name, value in cfg[group].items():
-            if (OmegaConf.to_object(value) if OmegaConf.is_config(value) else value) != saved.get(name):
-                raise UserError(
-                    f"ckpt_path={path} was trained with {group}.{name}={saved.get(name)!r} but this run has "
-                    f"{group}.{name}={value!r}: resume with the checkpoint's settings, or start a new run"
-                )
-    batch_size = checkpoint.get("datamodule_hyper_parameters", {}).get("batch_size", cfg.data.batch_size)
-    if batch_size != cfg.data.batch_size:  # the lr schedule and the place within the epoch count its steps
-        raise UserError(f"ckpt_path={path} was trained with data.batch_size={batch_size} but this run has "
-                        f"data.batch_size={cfg.data.batch_size}: resume with data.batch_size={batch_size}, or start a new run")
+    settings = [(f"{group}.{name}", saved.get(name), value) for group in groups for name, value in cfg[group].items()]
+    saved_data = checkpoint.get("datamodule_hyper_parameters", {})
+    settings.append(("data.batch_size", saved_data.get("batch_size", cfg.data.batch_size), cfg.data.batch_size))
+    for key, trained, value in settings:
+        if (OmegaConf.to_object(value) if OmegaConf.is_config(value) else value) != trained:
+            raise UserError(f"ckpt_path={path} was trained with {key}={trained!r} but this run has {key}={value!r}: "
+                            "resume with the checkpoint's settings, or start a new run")
 
 
 def load_weights(module, checkpoint: dict, path) -> None:

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from draw.callbacks import LastCheckpoint, SaveOnInterrupt, TrainThroughput, ValidationHistory
 from draw.classifier_module import ClassifierModule
-from draw.config import check_same_model, check_same_task, configured_loggers, load_weights, read_checkpoint, validate_train_config
+from draw.config import check_same_settings, check_same_task, configured_loggers, load_weights, read_checkpoint, validate_train_config
 from draw.errors import UserError
 from draw.module import DRAWModule
 from draw.report import read_metrics
@@ -39,15 +39,12 @@ CONF = _conf_dir()
 
 def job_folder(override_dirname: str) -> str:
     """A sweep job's folder name (conf/config.yaml's hydra.sweep.subdir): its overrides, "attention=none,model.T=16";
-    "defaults" when it has none. A path's slashes become "_" (init_from=runs/a/last.ckpt would nest folders) and a
-    name beyond 120 characters is cut (file names end at 255); either way a hash of the overrides ends the name,
-    so that runs/a_b/x and runs/a/b_x stay two folders."""
+    "defaults" when it has none. A name with a path's slashes (as "_": init_from=runs/a/last.ckpt would nest folders)
+    or beyond 120 characters (file names end at 255) is cut to 100 and ends with a hash of the overrides, so that
+    runs/a_b/x and runs/a/b_x stay two folders."""
     name = override_dirname.replace("/", "_")
-    digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
-    if len(name) > 120:
-        return f"{name[:100]}...{digest}"
-    if name != override_dirname:
-        return f"{name}...{digest}"
+    if name != override_dirname or len(name) > 120:
+        return f"{name[:100]}...{hashlib.sha1(override_dirname.encode()).hexdigest()[:10]}"
     return name or "defaults"
 
 
@@ -182,7 +179,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     if ckpt_path:
         checkpoint = read_checkpoint(ckpt_path)
         if cfg.train:
-            check_same_model(checkpoint, cfg, ckpt_path)
+            check_same_settings(checkpoint, cfg, ckpt_path)
     elif not cfg.train:
         raise UserError("train=false evaluates a checkpoint: give it as ckpt_path=PATH")
     start = None  # init_from's checkpoint: a new run's first weights (a resumed run's checkpoint holds their successors)

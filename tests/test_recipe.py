@@ -4,7 +4,7 @@ import torch
 from pytorch_lightning import Trainer
 
 from conftest import compose_config, tiny_module
-from draw.config import check_same_model
+from draw.config import check_same_settings
 from draw.data import MNISTDataModule
 from draw.model import DRAW, DRAWConfig
 from draw.module import DRAWModule, build_optimizer, lr_schedule
@@ -55,7 +55,7 @@ def test_checkpoint_from_before_window_init_resumes():
     """A checkpoint whose hyper-parameters predate read_init and write_init means their default."""
     cfg = compose_config()
     saved = {k: v for k, v in build_module(cfg).hparams.model.items() if k not in ("read_init", "write_init")}
-    check_same_model({"hyper_parameters": {"model": saved}}, cfg, "old.ckpt")  # no error
+    check_same_settings({"hyper_parameters": {"model": saved}}, cfg, "old.ckpt")  # no error
 
 
 @pytest.mark.parametrize("optim,kind,decay", [("adam", torch.optim.Adam, 0.0), ("adamw", torch.optim.AdamW, 1e-2)])
