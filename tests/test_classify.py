@@ -207,11 +207,17 @@ def test_resuming_a_draw_checkpoint_as_a_classifier_is_one_line(tmp_path, bars_m
         train(compose_config(*TINY_CLASSIFY, f"ckpt_path={tmp_path}/draw.ckpt", f"data.data_dir={bars_mnist}"), str(tmp_path / "run"))
 
 
-def test_shipped_classifier_shows_its_glimpses_without_any_path(tiny_mnist, tmp_path):
-    """mode=glimpses alone takes the classifier that ships with draw; its test images are remade from its own
-    data settings (100 x 100, 8 distractors) out of whatever MNIST files data.data_dir holds."""
-    assert PRETRAINED_CLASSIFIER.stat().st_size < 10 * 2**20
-    out = sample(sample_config("mode=glimpses", f"data.data_dir={tiny_mnist}", "n=3", "scale=1"), str(tmp_path))
+@pytest.mark.parametrize("checkpoint,glimpses", [
+    (None, 8),  # mode=glimpses alone takes the 8-glimpse classifier
+    (PRETRAINED_CLASSIFIER.with_name("glimpse4_cluttered_mnist.ckpt"), 4),
+])
+def test_shipped_classifiers_show_their_glimpses(tiny_mnist, tmp_path, checkpoint, glimpses):
+    """The classifiers that ship with draw: their test images are remade from their own data settings
+    (100 x 100, 8 distractors) out of whatever MNIST files data.data_dir holds."""
+    shipped = checkpoint or PRETRAINED_CLASSIFIER
+    assert shipped.stat().st_size < 10 * 2**20
+    choice = [f"ckpt_path={checkpoint}"] if checkpoint else []
+    out = sample(sample_config("mode=glimpses", *choice, f"data.data_dir={tiny_mnist}", "n=3", "scale=1"), str(tmp_path))
     frames = Image.open(out / "glimpses.gif")
-    assert frames.n_frames == 8  # the paper's 8 glimpses, one more each frame
-    assert Image.open(out / "glimpses.png").size[0] > 9 * 100  # the image and 8 glimpses, each 100 px wide
+    assert frames.n_frames == glimpses  # one more glimpse each frame
+    assert Image.open(out / "glimpses.png").size[0] > (glimpses + 1) * 100  # the image and each glimpse, 100 px wide
