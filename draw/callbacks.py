@@ -2,6 +2,8 @@
 the last checkpoint, Ctrl-C and SIGTERM."""
 import csv
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -156,12 +158,50 @@ class TrainThroughput(pl.Callback):
 
 class SaveOnInterrupt(pl.Callback):
     """Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes, systemd and `timeout` send) during fit: save
-    dirpath/last.ckpt at the current step (train() then prints how to resume). Lightning then exits."""
+    dirpath/last.ckpt at the current step (train() then prints how to resume). Lightning then exits.
+
+    Lightning acts on SIGTERM only between batches; Python raises Ctrl-C's KeyboardInterrupt wherever the step is, and
+    one landing after the optimizer step but before Lightning counts the batch done saves a checkpoint whose resumed
+    run takes that batch again (one step too many). So during training Ctrl-C is held until the batch ends, where
+    Lightning resumes a checkpoint exactly; a second Ctrl-C stops at once."""
 
     def __init__(self, dirpath):
         self.path = Path(dirpath) / "last.ckpt"
+        self._ctrl_c, self._default_sigint = False, None
+
+    def on_train_start(self, trainer, module):
+        # Only the main thread may set a handler; a process that ignores SIGINT (a shell's background job) keeps ignoring it.
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            self._ctrl_c, self._default_sigint = False, signal.signal(signal.SIGINT, self._hold_ctrl_c)
+
+    def _hold_ctrl_c(self, signum, frame):
+        if self._ctrl_c:
+            raise KeyboardInterrupt
+        self._ctrl_c = True
+        logging.getLogger("draw").info("Ctrl-C: stopping when this batch ends (Ctrl-C again to stop at once)")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        # Not at an epoch's last batch: resumed from there, Lightning would skip that epoch's validation
+        # (LastCheckpoint's docstring); the next epoch's first batch start is the next safe place.
+        if self._ctrl_c and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            raise KeyboardInterrupt
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self._ctrl_c:
+            raise KeyboardInterrupt
+
+    def on_train_end(self, trainer, module):
+        self._restore_sigint()
+        if self._ctrl_c:  # held past the last batch: the run still stops as a Ctrl-C-ed one, not tested as finished
+            raise KeyboardInterrupt
+
+    def _restore_sigint(self):
+        if self._default_sigint is not None:
+            signal.signal(signal.SIGINT, self._default_sigint)
+            self._default_sigint = None
 
     def on_exception(self, trainer, module, exception):
+        self._restore_sigint()
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == "fit":
             trainer.save_checkpoint(self.path)
             if trainer.is_global_zero:
