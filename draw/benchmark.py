@@ -25,6 +25,7 @@ from draw.data.cluttered import cluttered_images
 from draw.errors import exit_on_user_error
 from draw.module import build_optimizer
 from draw.run import build_module, compose_config
+
 PAPER_CONFIGS = [["experiment=paper_mnist_attention"], ["experiment=paper_mnist_noattention"]]
 
 

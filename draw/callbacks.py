@@ -18,7 +18,6 @@ from draw import viz
 from draw.classifier import first_misclassified
 from draw.model import image_shape
 
-
 PICTURE_LOGGERS = (TensorBoardLogger, WandbLogger, MLFlowLogger)
 
 
@@ -203,7 +202,7 @@ class SaveOnInterrupt(pl.Callback):
     def on_exception(self, trainer, module, exception):
         self._restore_sigint()
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == "fit":
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
             if trainer.is_global_zero:
                 logging.getLogger("draw").info(f"interrupted: saved {self.path}")
 
@@ -230,5 +229,35 @@ class LastCheckpoint(ModelCheckpoint):
         time_due = self.every_minutes > 0 and time.monotonic() - self._saved_at >= 60 * self.every_minutes
         time_due = trainer.strategy.broadcast(time_due)  # rank 0's clock decides for all: saving is collective
         if steps_due or time_due:
-            trainer.save_checkpoint(Path(self.dirpath) / "last.ckpt")
+            trainer.save_checkpoint(Path(self.dirpath) / "last.ckpt", weights_only=False)
             self._saved_at = time.monotonic()
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint with file names that count epochs from 1, as validation.csv and every log line do:
+    epoch001-val_nll123.45.ckpt holds the weights after the first epoch."""
+
+    def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None) -> str:
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)
+
+
+class ReportCompilation(pl.Callback):
+    """With compile=true: says that torch.compile is compiling (the first batches then take minutes, which looks like
+    a hang) and, once the first training step is done, how long it all took."""
+
+    def __init__(self):
+        self._started = None
+
+    def on_fit_start(self, trainer, module):
+        self._started = time.perf_counter()
+        if trainer.is_global_zero:
+            logging.getLogger("draw").info("compile=true: torch.compile compiles the model's steps in the first validation and "
+                                           "training batches (minutes the first time, seconds once torch's cache holds them)")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self._started is not None and trainer.is_global_zero:
+            logging.getLogger("draw").info(f"compiled: the first training step ended {time.perf_counter() - self._started:.0f} s "
+                                           "after the start (compilation and the first validation batches included)")
+        self._started = None

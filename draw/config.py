@@ -61,8 +61,16 @@ def check_window_init(key: str, init) -> None:
         require(value is None or (_is_number(value) and value > 0), f"{key}.{name}", value, "null or a number > 0")
 
 
+def check_known_keys(cfg: DictConfig, group: str, known) -> None:
+    """A key added to a model group (+model.TT=4) that the model has no setting for: one line naming those it has."""
+    for key, value in cfg[group].items():
+        require(key in known, f"{group}.{key}", value, f"{group}'s keys are {', '.join(k for k in cfg[group] if k in known)}")
+
+
 def check_draw_config(cfg: DictConfig) -> None:
     m, a, d = cfg.model, cfg.attention, cfg.data
+    for group in ("model", "attention"):
+        check_known_keys(cfg, group, DRAWConfig.__dataclass_fields__)
     for key in ("T", "z_size", "enc_size", "dec_size"):
         require_int(f"model.{key}", m[key], 1)
     for key in ("channels", "height", "width"):
@@ -84,6 +92,7 @@ def check_classifier_config(cfg: DictConfig) -> None:
     m, d = cfg.model, cfg.data
     require(m.get("architecture") in ARCHITECTURES, "model", m.get("architecture"),
             f"a classifier with task=classify: model={' or model='.join(ARCHITECTURES)}")
+    check_known_keys(cfg, "model", classifier_defaults(m.architecture))
     require_int("data.size", d.size, MNIST_SIZE)
     require_int("data.distractors", d.distractors, 0)
     require_int("data.distractor_size", d.distractor_size, 1, MNIST_SIZE)
@@ -157,7 +166,8 @@ def read_checkpoint(path, key: str = "ckpt_path") -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or holding code rather than data
-        raise UserError(f"{key}={path} is not a readable checkpoint ({type(e).__name__}: truncated, or not a .ckpt that train.py wrote)") from None
+        raise UserError(f"{key}={path} is not a readable checkpoint ({type(e).__name__}: truncated, or not a .ckpt that train.py "
+                        "wrote)") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint.get("hyper_parameters", {}):
         raise UserError(f"{key}={path} is not a DRAW checkpoint: it holds no model hyper-parameters")
     return checkpoint
@@ -167,7 +177,8 @@ def check_same_task(checkpoint: dict, cfg: DictConfig, path, key: str = "ckpt_pa
     """A DRAW checkpoint for task=generate, a classifier's for task=classify."""
     model = checkpoint["hyper_parameters"]["model"]
     if cfg.task.name == "generate":
-        require("architecture" not in model, key, str(path), "a DRAW checkpoint with task=generate (this one is a classifier's: add task=classify)")
+        require("architecture" not in model, key, str(path),
+                "a DRAW checkpoint with task=generate (this one is a classifier's: add task=classify)")
     else:
         require("architecture" in model, key, str(path), "a classifier's checkpoint with task=classify (this one is DRAW's)")
 
@@ -216,7 +227,8 @@ def check_writable(folder) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise UserError(f"output folder {folder} cannot be written ({type(e).__name__}): choose another with hydra.run.dir=... or hydra.sweep.dir=...") from None
+        raise UserError(f"output folder {folder} cannot be written ({type(e).__name__}): choose another with hydra.run.dir=... "
+                        "or hydra.sweep.dir=...") from None
 
 
 class CheckOutputFolder(Callback):

@@ -9,7 +9,11 @@ class UserError(Exception):
 
 
 def exit_with(error: UserError):
-    """One line on stderr and exit status 2; HYDRA_FULL_ERROR=1 keeps the traceback."""
+    """One line on stderr and exit status 2, and no run folder left behind where nothing was done;
+    HYDRA_FULL_ERROR=1 keeps the traceback."""
+    from draw.app import remove_untouched_run_folders  # here: draw.app imports this module
+
+    remove_untouched_run_folders()
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise error
     print(f"error: {error}", file=sys.stderr)

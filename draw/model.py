@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from draw.attention import AttentionWindow, Filterbank, init_window, read
 
+
 @dataclass
 class DRAWConfig:
     height: int = 28

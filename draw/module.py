@@ -100,7 +100,7 @@ class TrainingModule(pl.LightningModule):
         self._nonfinite_in_a_row += 1
         if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
             path = Path(self.trainer.default_root_dir) / "checkpoints" / "before_nonfinite.ckpt"
-            self.trainer.save_checkpoint(path)
+            self.trainer.save_checkpoint(path, weights_only=False)
             raise NonFiniteTraining(
                 f"{self._nonfinite_in_a_row} steps in a row had a non-finite {what} (step {self.global_step}); "
                 f"training stopped, the weights from before them are in {path}: lower optim.lr, or raise max_nonfinite_steps"

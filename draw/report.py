@@ -85,7 +85,8 @@ def read_metrics(job_dir: Path) -> dict:
 def sweep_monitor(jobs: list) -> str:
     """val/error for a classification sweep, val/nll for generation: what its runs' metrics.json name, or else their config."""
     for job_dir in jobs:
-        monitor = read_metrics(job_dir).get("monitor") or _read(job_dir / ".hydra" / "config.yaml", yaml.safe_load, {}).get("task", {}).get("monitor")
+        config = _read(job_dir / ".hydra" / "config.yaml", yaml.safe_load, {})
+        monitor = read_metrics(job_dir).get("monitor") or config.get("task", {}).get("monitor")
         if monitor:
             return monitor
     return "val/nll"

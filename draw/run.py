@@ -1,6 +1,4 @@
 """Training and evaluation from a composed Hydra config: what train.py runs, importable so tests can call it."""
-import functools
-import hashlib
 import json
 import logging
 import signal
@@ -16,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from draw.callbacks import LastCheckpoint, SaveOnInterrupt, TrainThroughput, ValidationHistory
+from draw.app import CONF, checkpoint_path, command
+from draw.callbacks import LastCheckpoint, ReportCompilation, SaveOnInterrupt, TrainThroughput, ValidationHistory
 from draw.classifier_module import ClassifierModule
 from draw.config import check_same_settings, check_same_task, configured_loggers, load_weights, read_checkpoint, validate_train_config
 from draw.errors import UserError
@@ -26,49 +25,6 @@ from draw.report import read_metrics
 # The project's own lines (output folder, resume command, results): on the terminal and, through Hydra's
 # file handler (conf/hydra/job_logging/draw.yaml), in the run folder's train.log.
 log = logging.getLogger("draw")
-
-
-def _conf_dir() -> Path:
-    """conf/ beside the package in a checkout or an editable install; inside it (draw.conf) in an installed wheel."""
-    checkout = Path(__file__).resolve().parents[1] / "conf"
-    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "conf"
-
-
-CONF = _conf_dir()
-
-
-def job_folder(override_dirname: str) -> str:
-    """A sweep job's folder name (conf/config.yaml's hydra.sweep.subdir): its overrides, "attention=none,model.T=16";
-    "defaults" when it has none. A name with a path's slashes (as "_": init_from=runs/a/last.ckpt would nest folders)
-    or beyond 120 characters (file names end at 255) is cut to 100 and ends with a hash of the overrides, so that
-    runs/a_b/x and runs/a/b_x stay two folders."""
-    name = override_dirname.replace("/", "_")
-    if name != override_dirname or len(name) > 120:
-        return f"{name[:100]}...{hashlib.sha1(override_dirname.encode()).hexdigest()[:10]}"
-    return name or "defaults"
-
-
-@functools.lru_cache(maxsize=None)  # Hydra resolves the run folder several times in one process: one answer
-def unique_folder(path: str) -> str:
-    """`path`, or `path-2`, `path-3`, ...: the first one this process creates. mkdir is atomic, so two runs
-    started in the same second (the default folder's resolution) never share a folder. A folder that
-    cannot be made is returned as it is, for the output-folder check to report."""
-    for n in range(1, 1000):
-        candidate = path if n == 1 else f"{path}-{n}"
-        try:
-            Path(candidate).mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            continue
-        except OSError:
-            return path
-    return path
-
-
-OmegaConf.register_new_resolver("job_folder", job_folder, replace=True)
-OmegaConf.register_new_resolver("unique_folder", unique_folder, replace=True)
-# A metric's name in a file name: val/nll -> val_nll (conf/callbacks/best_checkpoint.yaml).
-OmegaConf.register_new_resolver("file_safe", lambda name: name.replace("/", "_"), replace=True)
 
 
 def _not_an_advert(record: logging.LogRecord) -> bool:
@@ -150,23 +106,16 @@ def build_loggers(cfg: DictConfig, out: Path) -> list:
 
 def build_callbacks(cfg: DictConfig, out: Path) -> list:
     """The `callbacks` group's callbacks, a `dirpath` in their config being a folder inside the run folder; then
-    what every run has: its validation history (validation.csv, read by draw.report) and one progress bar."""
+    what every run has: its validation history (validation.csv, read by draw.report), a word on compilation with
+    compile=true, and one progress bar."""
     callbacks = [hydra.utils.instantiate(node, **({"dirpath": str(out / node.dirpath)} if "dirpath" in node else {}))
                  for node in (cfg.get("callbacks") or {}).values()]
     callbacks.append(ValidationHistory(out / "validation.csv"))
+    if cfg.compile:
+        callbacks.append(ReportCompilation())
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar())  # Lightning would pick Rich's where rich is installed: one bar everywhere
     return callbacks
-
-
-def resolve_ckpt_path(ckpt_path):
-    """ckpt_path=last: the newest outputs/*/*/checkpoints/last.ckpt under the working folder."""
-    if ckpt_path != "last":
-        return ckpt_path
-    candidates = sorted(Path("outputs").glob("*/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise UserError("ckpt_path=last found no outputs/*/*/checkpoints/last.ckpt here: give the checkpoint's path")
-    return str(candidates[-1])
 
 
 def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resume_command: Optional[str] = None) -> dict:
@@ -175,11 +124,14 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     started = time.perf_counter()
     silence_what_is_not_the_users_business()
     validate_train_config(cfg)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path)
+    ckpt_path = checkpoint_path(cfg.ckpt_path, "ckpt_path", cfg.paths.output_dir)
+    ckpt_path = ckpt_path and str(ckpt_path)
     if ckpt_path:
         checkpoint = read_checkpoint(ckpt_path)
         if cfg.train:
             check_same_settings(checkpoint, cfg, ckpt_path)
+            # a resumed run's checkpoints/ holds the run's own checkpoints: nothing to warn of
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     elif not cfg.train:
         raise UserError("train=false evaluates a checkpoint: give it as ckpt_path=PATH")
     start = None  # init_from's checkpoint: a new run's first weights (a resumed run's checkpoint holds their successors)
@@ -187,7 +139,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
         if not cfg.train:
             raise UserError("init_from starts a training run: to evaluate a checkpoint with train=false, give it as ckpt_path=PATH")
         if not ckpt_path:
-            start = read_checkpoint(cfg.init_from, key="init_from")
+            start = read_checkpoint(checkpoint_path(cfg.init_from, "init_from"), key="init_from")
             check_same_task(start, cfg, cfg.init_from, key="init_from")
     out = Path(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
@@ -196,7 +148,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     monitor = cfg.task.monitor
     # Resuming in the same folder keeps one TensorBoard history and one checkpoints/ folder.
     resume_command = resume_command or " ".join([
-        "python train.py", *(o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))),
+        command("train"), *(o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))),
         f"hydra.run.dir={out}", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
     callbacks = build_callbacks(cfg, out)
     best = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor == monitor), None)
@@ -222,7 +174,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     evaluated = None  # None: test the weights as they are
     if cfg.train:
         if trainer.is_global_zero:
-            resumable = any(isinstance(c, LastCheckpoint) for c in callbacks)
+            resumable = any(isinstance(c, LastCheckpoint) for c in callbacks) and not trainer.fast_dev_run  # fdr saves none
             log.info(f"outputs: {out}" + (f"\nif this run dies, resume it with: {resume_command}" if resumable else ""))
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -280,13 +232,14 @@ def sweep_job(cfg: DictConfig, output_dir: str, overrides: Sequence[str], sweep_
         log.info(f"{out.name}: resuming from {last}")
         cfg.ckpt_path = str(last)
     argv = _sweep_arguments(Path(sweep_dir)) or list(overrides)
-    resume_command = " ".join(["python train.py -m", *argv, f"hydra.sweep.dir={sweep_dir}"])
+    resume_command = " ".join([command("train"), "-m", *argv, f"hydra.sweep.dir={sweep_dir}"])
     try:
         return objective(train(cfg, output_dir, overrides, resume_command))
     except (KeyboardInterrupt, SystemExit) as e:
-        write_metrics(out, {"status": "stopped", "reason": f"stopped by a signal; resume with: {resume_command}", "overrides": list(overrides)})
+        reason = f"stopped by a signal; resume with: {resume_command}"
+        write_metrics(out, {"status": "stopped", "reason": reason, "overrides": list(overrides)})
         raise e
-    except Exception as e:  # noqa: BLE001: any failure of one job is recorded, and the sweep goes on
+    except Exception as e:  # noqa: BLE001 -- any failure of one job is recorded, and the sweep goes on
         reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
         if not isinstance(e, UserError):
             log.exception(f"{out.name} failed")  # with its traceback, on the terminal and in the job's train.log
@@ -299,7 +252,7 @@ def _sweep_arguments(sweep_dir: Path) -> list:
     """The overrides the sweep was started with (its comma-separated lists), from Hydra's multirun.yaml."""
     try:
         saved = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task
-    except Exception:  # noqa: BLE001: not written by every sweeper; the job's own overrides then stand in
+    except Exception:  # noqa: BLE001 -- not written by every sweeper; the job's own overrides then stand in
         return []
     return [o for o in saved if not o.startswith("hydra.sweep.dir=")]
 

@@ -11,17 +11,18 @@ from omegaconf import DictConfig
 from torchvision.utils import save_image
 
 from draw import viz
-from draw.config import check_cuda, read_checkpoint, require_int
+from draw.app import PRETRAINED_DIR, checkpoint_path
 from draw.classifier import first_misclassified
 from draw.classifier_module import ClassifierModule
+from draw.config import check_cuda, read_checkpoint, require_int
 from draw.data import ClutteredMNISTDataModule, MNISTDataModule
 from draw.errors import UserError
 from draw.model import image_shape
 from draw.module import DRAWModule
 
 # What ships with draw: the paper's MNIST DRAW, and the 8-glimpse cluttered MNIST classifier (mode=glimpses).
-PRETRAINED = Path(__file__).parent / "pretrained" / "draw_mnist.ckpt"
-PRETRAINED_CLASSIFIER = Path(__file__).parent / "pretrained" / "glimpse_cluttered_mnist.ckpt"
+PRETRAINED = PRETRAINED_DIR / "draw_mnist.ckpt"
+PRETRAINED_CLASSIFIER = PRETRAINED_DIR / "glimpse_cluttered_mnist.ckpt"
 DRAW_MODES = ("prior", "reconstruct")
 CLASSIFIER_MODES = ("glimpses",)
 DEFAULT_N = {"prior": 64, "reconstruct": 64, "glimpses": 8}
@@ -33,12 +34,12 @@ class Loaded(NamedTuple):
     data_settings: dict  # the training data module's hyper-parameters ({} in checkpoints from before they were kept)
 
 
-def load_module(ckpt_path, device: str = "cpu", mode: Optional[str] = None) -> Loaded:
+def load_module(ckpt_path, device: str = "cpu", mode: Optional[str] = None, output_dir: str = "outputs") -> Loaded:
     """The LightningModule a checkpoint alone rebuilds (DRAW's, or a classifier's) and how to show it. Without a
-    checkpoint, the one that ships for the mode."""
+    checkpoint, the one that ships for the mode; ckpt_path=last and pretrained:NAME as draw.app.checkpoint_path says."""
     if mode is not None and mode not in DRAW_MODES + CLASSIFIER_MODES:
         raise UserError(f"mode={mode!r} is not a mode: use one of {', '.join(DRAW_MODES + CLASSIFIER_MODES)}")
-    path = Path(ckpt_path) if ckpt_path else PRETRAINED_CLASSIFIER if mode in CLASSIFIER_MODES else PRETRAINED
+    path = checkpoint_path(ckpt_path, "ckpt_path", output_dir) or (PRETRAINED_CLASSIFIER if mode in CLASSIFIER_MODES else PRETRAINED)
     checkpoint = read_checkpoint(path)  # one line for a missing, truncated or foreign file
     is_classifier = "architecture" in checkpoint["hyper_parameters"]["model"]
     modes = CLASSIFIER_MODES if is_classifier else DRAW_MODES
@@ -73,7 +74,7 @@ def sample(cfg: DictConfig, output_dir: str) -> Path:
     require_int("scale", cfg.scale, 1)
     check_cuda("device", cfg.device)
     out = Path(output_dir)
-    module, mode, data_settings = load_module(cfg.ckpt_path, cfg.device, cfg.mode)
+    module, mode, data_settings = load_module(cfg.ckpt_path, cfg.device, cfg.mode, cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = cfg.n or DEFAULT_N[mode]
     if mode == "glimpses":
@@ -96,8 +97,8 @@ def sample(cfg: DictConfig, output_dir: str) -> Path:
     canvases, n = canvases.cpu(), canvases.shape[1]
     originals = None if originals is None else originals.cpu()
 
-    save_image(viz.grid_of(canvases[-1], originals), out / "samples.png")
-    save_image(viz.steps_picture(canvases, extra=originals), out / "steps.png")
+    save_image(viz.enlarged(viz.grid_of(canvases[-1], originals), cfg.scale), out / "samples.png")
+    save_image(viz.enlarged(viz.steps_picture(canvases, extra=originals), cfg.scale), out / "steps.png")
     frames = viz.frames(
         canvases,
         read_windows if cfg.boxes else (),
@@ -108,7 +109,8 @@ def sample(cfg: DictConfig, output_dir: str) -> Path:
         scale=cfg.scale,
     )
     viz.save_gif(frames, out / "samples.gif")
-    arrays = {"canvases": canvases.numpy().astype(np.float32), **window_arrays("read", read_windows), **window_arrays("write", write_windows)}
+    arrays = {"canvases": canvases.numpy().astype(np.float32), **window_arrays("read", read_windows),
+              **window_arrays("write", write_windows)}
     if originals is not None:
         arrays["originals"] = originals.numpy().astype(np.float32)
     np.savez_compressed(out / "canvases.npz", **arrays)

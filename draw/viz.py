@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from draw.attention import AttentionWindow
@@ -33,6 +33,11 @@ def layout(images: torch.Tensor, originals: Optional[torch.Tensor] = None):
 def grid_of(images: torch.Tensor, originals: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The grid image of `layout`."""
     return grid(*layout(images, originals))
+
+
+def enlarged(image: torch.Tensor, scale: int) -> torch.Tensor:
+    """(3, H, W) -> (3, H * scale, W * scale), each pixel a scale x scale square."""
+    return image.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -108,7 +113,12 @@ def save_gif(images: list, path: Path, frame_ms: int = 100, hold_ms: int = 1500)
 # Glimpses of a classifier (Section 4.1): where each glimpse looked, and what it saw.
 
 GLIMPSE_COLOURS = [(255, 230, 0), (255, 160, 0), (255, 90, 0), (230, 30, 30), (200, 0, 120), (150, 0, 200), (80, 60, 255), (0, 150, 255)]
-LABEL_HEIGHT = 12  # pixels of text above each row
+def label_font(height: int) -> ImageFont.ImageFont:
+    """A font whose letters are about `height` pixels tall (Pillow's own, scalable where FreeType is present)."""
+    try:
+        return ImageFont.load_default(size=height)
+    except (TypeError, ImportError):  # Pillow < 10.1, or without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
 
 
 def glimpse_colour(t: int, count: int):
@@ -125,26 +135,31 @@ def glimpse_rows(images: torch.Tensor, windows: Sequence[AttentionWindow], conte
     n, H, W = images.shape
     count = len(windows)
     shown = count if shown is None else shown
-    cell_w, cell_h = W * scale + 2 * PAD, H * scale + LABEL_HEIGHT + PAD
+    text_height = max(12, H * scale // 8)  # labels readable at the picture's own size
+    font, label_height = label_font(text_height), text_height + 4
+    cell_w, cell_h = W * scale + 2 * PAD, H * scale + label_height + PAD
     canvas = Image.new("RGB", (cell_w * (1 + count), cell_h * n), (128, 128, 128))
     draw = ImageDraw.Draw(canvas)
     for i in range(n):
-        top = i * cell_h + LABEL_HEIGHT
+        top = i * cell_h + label_height
         image = to_pil(images[i].expand(3, H, W)).resize((W * scale, H * scale), Image.NEAREST)
         canvas.paste(image, (PAD, top))
         right = int(predicted[i]) == int(labels[i])
-        draw.text((PAD, i * cell_h), f"{int(predicted[i])} (true {int(labels[i])})", fill=(255, 255, 255) if right else (255, 40, 40))
+        label_colour = (255, 255, 255) if right else (255, 40, 40)
+        draw.text((PAD, i * cell_h), f"{int(predicted[i])} (true {int(labels[i])})", fill=label_colour, font=font)
         for t in range(shown):
             colour = glimpse_colour(t, count)
             draw_window(draw, windows[t], i, N, (PAD, top, W, H), scale, colour)
             g_x, g_y = windows[t].g_x[i].item() - 0.5, windows[t].g_y[i].item() - 0.5
-            draw.text((PAD + min(max(g_x, 0), W - 4) * scale, top + min(max(g_y, 0), H - 6) * scale - 5), str(t + 1), fill=colour)
+            x_text = PAD + min(max(g_x * scale, 0), W * scale - text_height)
+            y_text = top + min(max(g_y * scale - text_height // 2, 0), H * scale - text_height)
+            draw.text((x_text, y_text), str(t + 1), fill=colour, font=font)
             seen = contents[t][i]
             seen = seen / seen.max().clamp(min=1e-8)
             patch = to_pil(seen.expand(3, N, N)).resize((W * scale, H * scale), Image.NEAREST)
             left = (1 + t) * cell_w + PAD
             canvas.paste(patch, (left, top))
-            draw.text((left, i * cell_h), str(t + 1), fill=colour)
+            draw.text((left, i * cell_h), str(t + 1), fill=colour, font=font)
     return canvas
 
 

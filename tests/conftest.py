@@ -12,7 +12,7 @@ import pytest
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from draw.run import compose_config as _compose  # noqa: E402: after the thread setting, which torch reads at import
+from draw.run import compose_config as _compose  # noqa: E402 -- after the thread setting, which torch reads at import
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +63,7 @@ TINY_RUN = [
     "trainer.log_every_n_steps=1",
     "trainer.enable_model_summary=false",
     "optim.lr=3e-3",
+    "compile=false",
 ]
 
 

@@ -41,7 +41,8 @@ def bars_mnist(tmp_path_factory):
 # A classification run that takes seconds on bars_mnist. Batches of 10 at lr 3e-3 (30 steps an epoch) learned it under
 # every seed tried (0-9: 3-10 % test error); batches of 50 at lr 1e-2 (6 steps) stayed near chance under some (seed 3: 44 %).
 TINY_CLASSIFY = ["task=classify", "data.size=40", "data.distractors=2", "data.val_size=100", "data.batch_size=10",
-                 "model.glimpses=3", "model.read_n=6", "model.hidden_size=32", "model.read_init.var=4", "optim.lr=3e-3", "optim.betas=[0.9,0.999]",
+                 "model.glimpses=3", "model.read_n=6", "model.hidden_size=32", "model.read_init.var=4", "optim.lr=3e-3",
+                 "optim.betas=[0.9,0.999]",
                  "trainer.max_epochs=10", "trainer.log_every_n_steps=1"]
 
 
@@ -197,8 +198,9 @@ def test_unknown_task_lists_the_options(tmp_path):
 
 
 def test_resuming_a_draw_checkpoint_as_a_classifier_is_one_line(tmp_path, bars_mnist):
-    from conftest import tiny_module
     import pytorch_lightning as pl
+
+    from conftest import tiny_module
 
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.strategy.connect(tiny_module())

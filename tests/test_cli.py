@@ -74,11 +74,11 @@ def test_a_wheel_install_composes_and_runs_from_outside_the_repository(tmp_path)
     assert composed.strip() == f"{tmp_path / 'site' / 'draw' / 'conf'} False"
     page = subprocess.run([sys.executable, tmp_path / "site" / "bin" / "draw-train", "--help"], cwd=elsewhere, env=env,
                           capture_output=True, text=True, check=True).stdout
-    assert page.startswith("Train DRAW")
+    assert page.startswith("Train DRAW") and "Usage: draw-train" in page and "python train.py" not in page
 
 
 def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
-    from draw.run import unique_folder
+    from draw.app import unique_folder
 
     same_second = str(tmp_path / "outputs" / "2026-11-29" / "12-00-00")
     first = unique_folder(same_second)
@@ -88,13 +88,29 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
 
 
 def test_job_folders_of_different_overrides_differ_and_never_nest():
-    from draw.run import job_folder
+    from draw.app import job_folder
 
     paths = [job_folder("init_from=runs/a_b/last.ckpt"), job_folder("init_from=runs/a/b_last.ckpt")]
     assert paths[0] != paths[1] and "/" not in paths[0] + paths[1]
     long = [job_folder(f"model.T={T}," + "x" * 200) for T in (1, 2)]
     assert long[0] != long[1] and max(map(len, long)) < 255
     assert job_folder("attention=none,model.T=16") == "attention=none,model.T=16" and job_folder("") == "defaults"
+
+
+def test_job_folders_name_what_the_sweep_varies_first(tmp_path):
+    from omegaconf import OmegaConf
+
+    from draw.app import job_folder
+
+    limits = "++trainer.limit_test_batches=5,++trainer.limit_train_batches=20"
+    # sweep=paper's sweeper params, then a comma-separated key of the command line (Hydra's multirun.yaml)
+    paper = OmegaConf.create({"hydra": {"sweeper": {"params": {"experiment": "a,b"}}, "sweep": {"dir": str(tmp_path)}}})
+    assert job_folder(f"{limits},experiment=a,sweep=paper", paper) == f"experiment=a,{limits},sweep=paper"
+    OmegaConf.save({"hydra": {"overrides": {"task": ["model.T=4,8", "callbacks=[default,lr_monitor]", "+x=1,2"]}}},
+                   tmp_path / "multirun.yaml")
+    swept = OmegaConf.create({"hydra": {"sweeper": {"params": None}, "sweep": {"dir": str(tmp_path)}}})
+    assert (job_folder("+x=2,callbacks=[default,lr_monitor],model.T=8", swept)
+            == "model.T=8,+x=2,callbacks=[default,lr_monitor]")
 
 
 def test_callbacks_are_added_and_tuned_from_the_command_line_and_early_stopping_stops(tiny_mnist, tmp_path):
@@ -144,3 +160,24 @@ def test_mlflow_logger_keeps_its_store_and_pictures_in_the_run_folder(tiny_mnist
     keys = {key for (key,) in sqlite3.connect(run / "mlruns" / "mlflow.db").execute("select key from metrics")}
     assert {"train/loss", "val/nll", "test/nll"} <= keys
     assert {p.parent.name for p in run.glob("mlruns/artifacts/**/*.png")} >= {"samples", "reconstructions"}
+
+
+def test_the_shipped_models_have_names_that_work_from_any_folder(tiny_mnist, tmp_path):
+    from draw.app import PRETRAINED_DIR, checkpoint_path
+    from draw.errors import UserError
+
+    assert checkpoint_path("pretrained:draw_mnist", "init_from") == PRETRAINED_DIR / "draw_mnist.ckpt"
+    with pytest.raises(UserError, match="init_from=pretrained:nope is not a shipped model: use one of pretrained:draw_mnist"):
+        checkpoint_path("pretrained:nope", "init_from")
+    proc = run_script("train.py", tmp_path, "train=false", "ckpt_path=pretrained:draw_mnist", "compile=false",
+                      f"data.data_dir={tiny_mnist}", f"hydra.run.dir={tmp_path}/run")
+    assert "test NLL bound" in proc.stdout
+
+
+def test_help_and_resume_lines_name_the_command_that_was_run(monkeypatch):
+    from draw.app import command
+
+    monkeypatch.setattr("sys.argv", ["/venv/bin/draw-train", "--help"])
+    assert command("train") == "draw-train"
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    assert command("train") == "python train.py" and command("sample") == "python sample.py"

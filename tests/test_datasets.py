@@ -122,7 +122,8 @@ def test_paper_experiments_compose_and_train_a_few_steps(experiment, fixture, re
 def test_table_3_sizes():
     svhn, cifar = compose_config("experiment=paper_svhn"), compose_config("experiment=paper_cifar10")
     assert (svhn.model.T, svhn.model.enc_size, svhn.model.z_size, svhn.attention.read_n, svhn.attention.write_n) == (32, 800, 100, 12, 12)
-    assert (cifar.model.T, cifar.model.enc_size, cifar.model.z_size, cifar.attention.read_n, cifar.attention.write_n) == (64, 400, 200, 5, 5)
+    sizes = (cifar.model.T, cifar.model.enc_size, cifar.model.z_size, cifar.attention.read_n, cifar.attention.write_n)
+    assert sizes == (64, 400, 200, 5, 5)
     assert svhn.model.channels == cifar.model.channels == 3
 
 

@@ -18,7 +18,6 @@ from draw.module import NonFiniteTraining
 from draw.run import train
 
 
-
 def assert_one_line_error(proc, *fragments):
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -65,6 +64,18 @@ def test_bad_value_on_the_command_line_is_one_line_and_exit_status_2(tiny_mnist,
     assert (tmp_path / "run" / "train.log").read_text().strip().endswith(proc.stderr.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("script,overrides,message", [
+    ("train.py", ["optim.lr=5"], "optim.lr=5 is not allowed"),
+    ("train.py", ["+model.TT=4"], "model.TT=4 is not allowed: model's keys are T, z_size, enc_size, dec_size, forget_bias"),
+    ("sample.py", ["ckpt_path=nope.ckpt"], "ckpt_path=nope.ckpt does not exist"),
+])
+def test_a_run_rejected_before_any_work_leaves_no_folder(script, overrides, message, tmp_path):
+    """In its own default folder (outputs/DATE/TIME), made for it: one line, status 2, and the folder gone again."""
+    proc = run_script(script, tmp_path, *overrides, check=False)
+    assert_one_line_error(proc, message, "")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_a_device_says_use_cpu(tmp_path):
     with pytest.raises(UserError, match=r"trainer.accelerator='cuda': no CUDA device .* use trainer.accelerator=cpu"):
@@ -73,7 +84,7 @@ def test_cuda_without_a_device_says_use_cpu(tmp_path):
 
 def test_unknown_attention_lists_the_options(tmp_path):
     proc = run_script("train.py", tmp_path, "attention=sideways", check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # bad input, as every other: status 2
     assert "Could not find 'attention/sideways'" in proc.stderr and "read_write" in proc.stderr
 
 
@@ -88,7 +99,7 @@ def test_data_folder_without_mnist_says_where_to_put_it(tmp_path, monkeypatch):
     from torchvision.datasets import MNIST
 
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # refused at once: no network wait
-    with pytest.raises(UserError, match=r"MNIST \(train-images-idx3-ubyte.*\) is not in .*MNIST/raw.*put them there"):
+    with pytest.raises(UserError, match=r"MNIST \(train-images-idx3-ubyte.*\) is not in .*MNIST/raw.*put them there, or set paths\."):
         train(compose_config(f"data.data_dir={tmp_path}/empty"), str(tmp_path / "run"))
     assert not (tmp_path / "empty").exists()  # the failed lookup left no empty MNIST/raw folders behind
 
@@ -107,7 +118,8 @@ def test_bad_checkpoint_is_named_with_the_reason(problem, trained_run, tiny_mnis
     elif problem == "other sizes":
         path, overrides, fragment = good, [*TINY_RUN, "model.T=5"], "was trained with model.T=3 but this run has model.T=5"
     else:
-        path, overrides, fragment = good, [*TINY_RUN, "data.batch_size=10"], "trained with data.batch_size=20 but this run has data.batch_size=10"
+        fragment = "trained with data.batch_size=20 but this run has data.batch_size=10"
+        path, overrides = good, [*TINY_RUN, "data.batch_size=10"]
     with pytest.raises(UserError) as error:
         train(compose_config(*overrides, f"data.data_dir={tiny_mnist}", f"ckpt_path={path}"), str(tmp_path / "run"))
     assert f"ckpt_path={path}" in str(error.value) and fragment in str(error.value)
@@ -221,7 +233,7 @@ class Validations(Callback):
 def test_resume_after_a_kill_between_the_last_step_and_validation_keeps_that_validation(tiny_mnist, tmp_path):
     from draw.callbacks import LastCheckpoint
 
-    data = lambda: MNISTDataModule(data_dir=str(tiny_mnist), batch_size=20, val_size=40)  # noqa: E731: 10 steps an epoch
+    data = lambda: MNISTDataModule(data_dir=str(tiny_mnist), batch_size=20, val_size=40)  # noqa: E731 -- 10 steps an epoch
     quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     every_5 = LastCheckpoint(dirpath=tmp_path, every_n_steps=5)
     with pytest.raises(SystemExit):  # Lightning's exit after a KeyboardInterrupt

@@ -9,7 +9,6 @@ from draw.errors import UserError
 from draw.sample import PRETRAINED, sample
 
 
-
 def gif_frames(path):
     with Image.open(path) as gif:
         return [frame.convert("RGB").copy() for frame in _each_frame(gif)]
@@ -51,9 +50,9 @@ def test_canvases_npz_has_stated_shapes_and_probabilities(prior_samples):
     assert "read_g_x" not in data  # the prior has no read
 
 
-def test_last_canvas_is_samples_png(prior_samples):
+def test_last_canvas_is_samples_png_enlarged_as_the_gif(prior_samples):
     canvases = torch.from_numpy(np.load(prior_samples / "canvases.npz")["canvases"])
-    expected = (viz.grid(canvases[-1], nrow=3) * 255).round().permute(1, 2, 0).numpy()
+    expected = (viz.enlarged(viz.grid(canvases[-1], nrow=3), 3) * 255).round().permute(1, 2, 0).numpy()  # scale=3
     png = np.asarray(Image.open(prior_samples / "samples.png").convert("RGB"), dtype=np.float64)
     assert png.shape == expected.shape
     assert np.abs(png - expected).max() <= 1
@@ -83,7 +82,8 @@ def test_reconstruction_with_boxes(trained_run, tiny_mnist, tmp_path):
 def test_missing_checkpoint_is_one_line_and_exit_status_2(tmp_path):
     proc = run_script("sample.py", tmp_path, f"ckpt_path={tmp_path}/nope.ckpt", f"hydra.run.dir={tmp_path}/out", check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: ckpt_path={tmp_path}/nope.ckpt does not exist: give the path of a .ckpt that train.py wrote"]
+    message = f"error: ckpt_path={tmp_path}/nope.ckpt does not exist: give the path of a .ckpt that train.py wrote"
+    assert proc.stderr.strip().splitlines() == [message]
 
 
 def test_shipped_checkpoint_samples_without_any_path(tmp_path):

@@ -7,9 +7,9 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import ROOT, TINY_RUN, compose_config, job_folder, run_script
+from draw.config import configured_loggers
 from draw.module import DRAWModule
 from draw.report import val_curve, write_summary
-from draw.config import configured_loggers
 from draw.run import build_callbacks, build_loggers, build_module, model_hparams
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -44,15 +44,15 @@ def test_experiments_hold_the_paper_and_seed_settings():
     assert not none.attention.read_attention and not none.attention.write_attention
     assert (seed.model.T, seed.model.z_size, seed.attention.read_n, seed.attention.write_n) == (10, 10, 5, 5)
     assert list(seed.optim.betas) == [0.5, 0.999] and seed.trainer.gradient_clip_val == 5.0
-    # The plain defaults are the paper's attention model (without the experiment's training recipe).
+    # The plain defaults are the paper's attention model with its training recipe (docs/recipe.md).
     plain = compose_config()
-    without_recipe = lambda model: {k: v for k, v in model.items() if k != "forget_bias"}  # noqa: E731
-    assert without_recipe(plain.model) == without_recipe(attention.model)
-    assert all(plain.attention[k] == attention.attention[k] for k in ("read_attention", "write_attention", "read_n", "write_n"))
-    # The recipe (docs/recipe.md) is both paper experiments' default.
-    assert attention.optim.lr == none.optim.lr == 1.5e-3 and attention.scheduler.name == none.scheduler.name == "cosine" and attention.attention.write_init.gamma == 0.05
-    # The forget-gate bias is the attention model's alone (it barely moved the model without attention).
-    assert attention.model.forget_bias == 1 and none.model.forget_bias is None and plain.model.forget_bias is None
+    assert plain.model == attention.model and plain.attention == attention.attention and plain.data == attention.data
+    assert (plain.optim, plain.scheduler, plain.compile) == (attention.optim, attention.scheduler, True)
+    assert plain.optim.lr == 1.5e-3 and plain.scheduler.name == "cosine" and plain.data.batch_size == 50
+    assert plain.attention.read_init.stride == 12 and plain.attention.write_init.gamma == 0.05 and plain.model.forget_bias == 1
+    # The model without attention keeps the parts of the recipe it was measured with.
+    assert none.optim.lr == 1.5e-3 and none.scheduler.name == "cosine"
+    assert none.model.forget_bias is None and none.data.batch_size == 100
 
 
 def test_train_runs_end_to_end_and_leaves_the_working_folder_alone(trained_run):

@@ -114,7 +114,7 @@ def read_files(read, folder: Path, files: str, error=UserError):
             except OSError:
                 break
         raise error(f"{files} not in {folder}, or not readable there, and could not be downloaded ({type(e).__name__}): "
-                    f"put them there, or set data.data_dir to the folder that holds them") from None
+                    f"put them there, or set paths.data_dir (or data.data_dir, or DRAW_DATA_DIR) to the folder that holds them") from None
 
 
 def resized(images: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -7,7 +7,6 @@ from torchvision.datasets import MNIST
 from draw.data.base import ImageDataModule, read_files
 from draw.errors import UserError
 
-
 MNIST_SIZE = 28  # MNIST's digits are 28 x 28
 
 
