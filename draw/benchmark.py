@@ -24,7 +24,7 @@ from draw.config import validate_train_config
 from draw.data.cluttered import cluttered_images
 from draw.errors import exit_on_user_error
 from draw.module import build_optimizer
-from draw.run import build_module, compose_config
+from draw.run import build_module, compose_config, prepare_device
 
 PAPER_CONFIGS = [["experiment=paper_mnist_attention"], ["experiment=paper_mnist_noattention"]]
 
@@ -55,6 +55,7 @@ def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer, clip) 
 
 def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, sample_n: int = 64) -> dict:
     validate_train_config(cfg)
+    prepare_device(cfg)
     torch.manual_seed(cfg.seed)
     device = device_of(cfg)
     precision = str(cfg.trainer.precision)

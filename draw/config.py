@@ -18,6 +18,7 @@ from draw.model import DRAWConfig
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 SCHEDULES = ("none", "cosine", "onecycle", "plateau")
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
 def _is_int(value) -> bool:
@@ -145,6 +146,8 @@ def validate_train_config(cfg: DictConfig) -> None:
             cfg.checkpoint_every_minutes, "a number >= 0 (0: off)")
     require_int("max_nonfinite_steps", cfg.max_nonfinite_steps, 1)
     require_int("seed", cfg.seed, 0)
+    require(cfg.float32_matmul_precision in MATMUL_PRECISIONS, "float32_matmul_precision", cfg.float32_matmul_precision,
+            f"one of {', '.join(MATMUL_PRECISIONS)}")
     require(isinstance(cfg.compile, bool), "compile", cfg.compile, "true or false")
     for name, logger in configured_loggers(cfg).items():
         required = logger.get("requires")

@@ -1,6 +1,7 @@
 """Training and evaluation from a composed Hydra config: what train.py runs, importable so tests can call it."""
 import json
 import logging
+import os
 import signal
 import time
 import warnings
@@ -9,6 +10,7 @@ from typing import Optional, Sequence
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
@@ -85,6 +87,14 @@ def result_line(cfg: DictConfig, metrics: dict) -> str:
     return line
 
 
+def prepare_device(cfg: DictConfig) -> None:
+    """What must be set before the first CUDA call: fp32 matmuls' precision and, with trainer.deterministic=true,
+    cuBLAS's fixed workspace (without it torch's deterministic mode refuses cuBLAS matmuls on a GPU)."""
+    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    if cfg.trainer.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
 def build_loggers(cfg: DictConfig, out: Path) -> list:
     """The `logger` group's loggers (none, one or several), each writing under the run folder (in its `folder`
     there when the config names one; `requires`, the package it needs, is checked by validate_train_config).
@@ -124,6 +134,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     started = time.perf_counter()
     silence_what_is_not_the_users_business()
     validate_train_config(cfg)
+    prepare_device(cfg)
     ckpt_path = checkpoint_path(cfg.ckpt_path, "ckpt_path", cfg.paths.output_dir)
     ckpt_path = ckpt_path and str(ckpt_path)
     if ckpt_path:
