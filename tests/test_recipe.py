@@ -1,9 +1,11 @@
 """The training recipe's knobs: the windows' starting place, the optimizer, the lr schedule, KL warm-up."""
+import json
+
 import pytest
 import torch
 from pytorch_lightning import Trainer
 
-from conftest import compose_config, tiny_module
+from conftest import TINY_RUN, compose_config, run_script, tiny_module
 from draw.config import check_same_settings
 from draw.data import MNISTDataModule
 from draw.model import DRAW, DRAWConfig
@@ -134,3 +136,18 @@ def test_paper_recipe_trains_with_its_cosine_schedule_over_the_runs_epochs(tiny_
     assert checkpoint["global_step"] == 20
     assert checkpoint["hyper_parameters"]["scheduler"]["name"] == "cosine"
     assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0, abs=1e-12)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.9])
+def test_ema_callback_checkpoints_the_average_and_tests_the_elbo(decay, tiny_mnist, tmp_path):
+    """+callbacks=ema: the checkpoints' weights are the average (decay 0: the last weights themselves), the raw
+    weights ride along for resuming, and test/nll stays the true bound Lx + Lz."""
+    run = tmp_path / "run"
+    run_script("train.py", tmp_path, f"data.data_dir={tiny_mnist}", *TINY_RUN, "+callbacks=ema", f"callbacks.ema.decay={decay}",
+               f"hydra.run.dir={run}")
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    average, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    same = all(torch.equal(average[k], raw[k]) for k in raw)
+    assert same == (decay == 0.0)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test/nll"] == pytest.approx(metrics["test/lx"] + metrics["test/lz"], rel=1e-5)
