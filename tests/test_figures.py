@@ -1,0 +1,40 @@
+"""python -m draw.figures: each of the paper's figures is made, with the panels it should have."""
+import torch
+
+from draw import figures
+from draw.viz import PAD
+
+
+def test_nearest_neighbours_find_an_images_own_copy_at_distance_zero():
+    pool = torch.rand(50, 28, 28)
+    index, distance = figures.nearest_neighbours(pool[[3, 41]], pool, chunk=16)  # across chunks
+    assert index.tolist() == [3, 41] and distance.abs().max() < 1e-3
+
+
+def test_filterbank_figure_is_the_grid_and_three_patches():
+    picture = figures.filterbank_figure(torch.rand(28, 28), N=6)
+    assert picture.shape == (3, 28 + 2 * PAD, 4 * (28 + PAD) + PAD)
+
+
+def test_zoom_figure_reads_and_writes_back_at_each_stride():
+    image = torch.zeros(100, 100)
+    image[40:60, 45:55] = 1
+    picture = figures.zoom_figure(image, N=12, strides=(4.0, 1.0))
+    assert picture.shape == (3, 2 * (100 + PAD) + PAD, 3 * (100 + PAD) + PAD)
+    w = figures.window(50.5, 50.5, 1.0, 0.25)
+    written = figures.write_back(figures.read_patch(image, w, 12), w, 100, 100)
+    assert written[44:56, 44:56].sum() > 0.9 * written.sum()  # a stride-1 window writes back where it read
+
+
+def test_make_figures_writes_every_figure_and_its_index(trained_run, tiny_mnist, tmp_path):
+    from omegaconf import OmegaConf
+
+    _, run, _ = trained_run
+    cfg = OmegaConf.merge(OmegaConf.create(figures.DEFAULTS), {
+        "out": str(tmp_path / "figures"), "paths": {"data_dir": str(tiny_mnist)}, "draw": str(run / "checkpoints" / "last.ckpt"),
+        "classifier": None, "n": 3})
+    out = figures.make_figures(cfg)
+    names = ["filterbank.png", "zoom.png", "nearest.png", "sequences.png"]
+    assert all((out / name).is_file() for name in names)
+    index = (out / "index.md").read_text()
+    assert all(f"[{name}]" in index for name in names)
