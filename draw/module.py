@@ -119,7 +119,7 @@ class DRAWModule(TrainingModule):
 
     `kl_warmup_steps` > 0 trains on Lx + beta Lz with beta rising linearly from 0 to 1 over that many steps
     (KL annealing, Bowman et al. 2016, a common remedy for latents left unused; it did not speed up the paper
-    model, docs/recipe.md). Only the gradient sees beta: every logged `loss` and `nll` is the true negative
+    model, docs/experiments/recipe.md). Only the gradient sees beta: every logged `loss` and `nll` is the true negative
     ELBO, Lx + Lz.
     """
 

@@ -10,7 +10,7 @@ from conftest import ROOT, compose_config
 from draw.config import validate_train_config
 from draw.run import compose_config as compose_any
 
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def documented_commands():
@@ -42,3 +42,10 @@ def test_documented_command_composes(command):
 
 def test_the_docs_hold_commands_to_check():
     assert len(list(documented_commands())) >= 15
+
+
+def test_every_relative_link_in_the_docs_resolves():
+    broken = [(page.name, link) for page in PAGES
+              for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text())
+              if not link.startswith("http") and not (page.parent / link).exists()]
+    assert broken == []

@@ -44,7 +44,7 @@ def test_experiments_hold_the_paper_and_seed_settings():
     assert not none.attention.read_attention and not none.attention.write_attention
     assert (seed.model.T, seed.model.z_size, seed.attention.read_n, seed.attention.write_n) == (10, 10, 5, 5)
     assert list(seed.optim.betas) == [0.5, 0.999] and seed.trainer.gradient_clip_val == 5.0
-    # The plain defaults are the paper's attention model with its training recipe (docs/recipe.md).
+    # The plain defaults are the paper's attention model with its training recipe (docs/experiments/recipe.md).
     plain = compose_config()
     assert plain.model == attention.model and plain.attention == attention.attention and plain.data == attention.data
     assert (plain.optim, plain.scheduler, plain.compile) == (attention.optim, attention.scheduler, True)
