@@ -8,6 +8,11 @@ it runs the paper's attention and no-attention models. For a classifier (task=cl
 experiment=paper_cluttered_8glimpses) it times training steps on cluttered images and, beside them, making
 a batch of those images (data_ms_per_batch), which must stay well below a step. Medians over repeated
 steps; speed is never a pass/fail test.
+
+Beside DRAW's speed it prints the ceiling this machine sets for it, measured in the same process just before the
+model: the matmuls a training step cannot avoid at this configuration's shapes and batch (ceiling_images_per_s),
+and the share of it the step reaches (share_of_ceiling). Shares, unlike images per second, compare across hours
+on a machine whose speed moves.
 """
 import json
 import resource
@@ -17,12 +22,14 @@ import sys
 import time
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from draw.config import validate_train_config
 from draw.data.cluttered import cluttered_images
 from draw.errors import exit_on_user_error
+from draw.model import DRAW, merged_lstm_weights
 from draw.module import build_optimizer
 from draw.run import build_module, compose_config, prepare_device
 
@@ -53,6 +60,42 @@ def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer, clip) 
     optimizer.step()
 
 
+def unavoidable_matmuls(model: DRAW) -> tuple:
+    """The weight shapes (out, in) a training step multiplies by: at every step both LSTMs' gate weights (input and
+    recurrent merged, as DRAW.forward runs them), the posterior's projection and the read's and write's own linear
+    maps; once a sequence, without attention, the encoder's projection of the image itself."""
+    w_enc, _ = merged_lstm_weights(model.encoder, skip=model.read.fixed_size)
+    w_dec, _ = merged_lstm_weights(model.decoder)
+    linears = [m.weight for part in (model.q, model.read, model.write) for m in part.modules() if isinstance(m, nn.Linear)]
+    per_step = [tuple(w.shape) for w in (w_enc, w_dec, *linears)]
+    fixed = model.read.fixed_size
+    return per_step, [(model.encoder.weight_ih.shape[0], fixed)] if fixed else []
+
+
+def ceiling_seconds(model: DRAW, batch: int, device: str, repeats: int = 5) -> float:
+    """The least time a training step's matmuls take here: forward and input gradient at each of T steps, weight
+    gradients once over all T * batch rows (as StepwiseLinear takes the LSTMs'), the image's projection once."""
+    T = model.cfg.T
+    per_step, per_sequence = unavoidable_matmuls(model)
+    new = lambda *shape: torch.randn(*shape, device=device)  # noqa: E731 -- operands: only their shapes matter
+    steps = [(new(batch, i), new(o, i), new(batch, o), new(o, T * batch), new(T * batch, i)) for o, i in per_step]
+    once = [(new(batch, i), new(o, i), new(o, batch)) for o, i in per_sequence]
+
+    def matmuls():
+        for _ in range(T):
+            for x, w, grad, _, _ in steps:
+                x @ w.T  # forward
+                grad @ w  # the input's gradient
+        for _, _, _, grads, inputs in steps:
+            grads @ inputs  # the weight's gradient, all steps at once
+        for x, w, grad in once:
+            x @ w.T
+            grad @ x
+
+    matmuls()  # warm-up
+    return median_seconds(matmuls, repeats, device)
+
+
 def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, sample_n: int = 64) -> dict:
     validate_train_config(cfg)
     prepare_device(cfg)
@@ -80,6 +123,7 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
         with autocast(), torch.no_grad():
             model.sample(sample_n)
 
+    ceiling_s = ceiling_seconds(model, batch, device)
     first_step_s = median_seconds(train_step, 1, device)
     median_seconds(train_step, warmup, device)
     step_s = median_seconds(train_step, steps, device)
@@ -88,6 +132,8 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
     return {
         "config": " ".join(overrides),
         "train_images_per_s": round(batch / step_s, 1),
+        "ceiling_images_per_s": round(batch / ceiling_s, 1),
+        "share_of_ceiling": round(ceiling_s / step_s, 3),
         "sample_images_per_s": round(sample_n / sample_s, 1),
         "sample_64_s": round(sample_s * 64 / sample_n, 4),
         "step_ms_median": round(step_s * 1e3, 1),

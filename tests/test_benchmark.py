@@ -8,13 +8,14 @@ from conftest import ROOT
 from draw.export import export
 from draw.sample import load_module
 
-FIELDS = {"config", "train_images_per_s", "sample_images_per_s", "sample_64_s", "step_ms_median", "compile_s", "peak_rss_mb",
-          "precision", "device", "torch", "threads"}
+FIELDS = {"config", "train_images_per_s", "ceiling_images_per_s", "share_of_ceiling", "sample_images_per_s", "sample_64_s",
+          "step_ms_median", "compile_s", "peak_rss_mb", "precision", "device", "torch", "threads"}
 
 
 @pytest.mark.parametrize("data", ["mnist", "cifar10"])
 def test_benchmark_prints_one_json_line_per_configuration(data):
-    overrides = [f"data={data}", "model.T=2", "model.enc_size=16", "model.dec_size=16", "model.z_size=4", "data.batch_size=8"]
+    overrides = [f"data={data}", "model.T=2", "model.enc_size=16", "model.dec_size=16", "model.z_size=4", "data.batch_size=8",
+                 "compile=false"]
     proc = subprocess.run([sys.executable, "-m", "draw.benchmark", *overrides], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -23,6 +24,8 @@ def test_benchmark_prints_one_json_line_per_configuration(data):
     assert set(result) == FIELDS
     assert result["config"] == " ".join(overrides) and result["precision"] == "32-true" and result["device"] == "cpu"
     assert result["train_images_per_s"] > 0 and result["peak_rss_mb"] > 0
+    # The ceiling is the step's own matmuls alone: a step cannot be faster (a margin for the machine's noise).
+    assert result["ceiling_images_per_s"] > 0 and 0 < result["share_of_ceiling"] < 1.5
 
 
 def test_export_keeps_what_sampling_needs(trained_run, tmp_path):
@@ -42,3 +45,17 @@ def test_benchmark_of_a_classifier_times_its_steps_and_its_data():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["config"] == " ".join(overrides)
     assert result["train_images_per_s"] > 0 and result["data_ms_per_batch"] > 0 and result["step_ms_median"] > 0
+
+
+@pytest.mark.parametrize("attention,per_step,per_sequence", [
+    # the merged LSTM gates (4 x 256 by [read 2*2*2, h_dec, h_enc] and by [z, h_dec]), q, the read's and write's maps
+    ("read_write", [(1024, 8 + 256 + 256), (1024, 100 + 256), (200, 256), (5, 256), (5 + 25, 256)], []),
+    # without attention the image's projection runs once a sequence; each step reads the error image alone
+    ("none", [(1024, 784 + 256 + 256), (1024, 100 + 256), (200, 256), (784, 256)], [(1024, 784)]),
+])
+def test_the_ceiling_counts_the_paper_models_matmuls(attention, per_step, per_sequence):
+    from draw.benchmark import unavoidable_matmuls
+    from draw.run import build_module, compose_config
+
+    model = build_module(compose_config([f"attention={attention}"])).model
+    assert unavoidable_matmuls(model) == (per_step, per_sequence)
