@@ -86,6 +86,7 @@ def check_draw_config(cfg: DictConfig) -> None:
         check_binarization(d[key], f"data.{key}")
     require_int("kl_warmup_steps", cfg.kl_warmup_steps, 0)
     require_int("eval.iw_samples", cfg.eval.iw_samples, 0)
+    require_int("eval.seed", cfg.eval.seed, 0)
     require_int("compile_steps_per_call", cfg.compile_steps_per_call, 1)
 
 

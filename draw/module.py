@@ -130,13 +130,17 @@ class DRAWModule(TrainingModule):
         self.iw_samples = 0  # a run setting: samples per test image of the importance-weighted bound (0: ELBO only)
 
     def _step(self, x: torch.Tensor, stage: str):
-        out = self.model(x)
+        return self._log_bound(self.model(x), stage)
+
+    def _log_bound(self, out, stage: str):
+        """Log one pass's bound (loss or nll), Lx and Lz, means over the batch's images; return the last two."""
+        images = out.lx.shape[0]
         lx, lz = out.lx.mean(), out.lz.mean()
         loss = lx + lz  # Eq. 12: the negative ELBO, an upper bound on the NLL, in nats per image
         on_step = stage == "train"
         name = "loss" if stage == "train" else "nll"
         # sync_dist: under DDP, validation and test means are taken over every rank's images.
-        log = dict(batch_size=len(x), on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        log = dict(batch_size=images, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         self.log(f"{stage}/{name}", loss, prog_bar=True, **log)
         self.log_dict({f"{stage}/lx": lx, f"{stage}/lz": lz}, **log)
         if stage != "train":  # the unit colour models are compared in: the bound over log 2 and every dimension
@@ -164,7 +168,25 @@ class DRAWModule(TrainingModule):
     def validation_step(self, x, batch_idx):
         self._step(x, "val")
 
+    def on_test_epoch_start(self):
+        self._mc_squares, self._mc_images = 0.0, 0
+
     def test_step(self, x, batch_idx):
         if self.iw_samples:
             self.log("test/iw_nll", iw_nll(self.model, x, self.iw_samples).mean(), batch_size=len(x), sync_dist=True)
-        self._step(x, "test")
+        first = self.model(x)
+        self._log_bound(first, "test")
+        # A second draw of every z for the same images: how far one draw's bound moves (its Monte-Carlo error).
+        second = self.model(x)
+        difference = (first.lx + first.lz) - (second.lx + second.lz)  # (B,)
+        self._mc_squares += float((difference**2).sum())
+        self._mc_images += len(x)
+
+    def on_test_epoch_end(self):
+        """test/nll_mc_stderr: the standard error of test/nll from its draws of z alone (the images are the same
+        in every evaluation): per image Var = E[(a - b)^2] / 2 for two draws a, b; over n images sqrt(Var / n)."""
+        totals = self.trainer.strategy.reduce(torch.tensor([self._mc_squares, self._mc_images], dtype=torch.float64,
+                                                           device=self.device), reduce_op="sum")
+        squares, images = totals.tolist()
+        if images:
+            self.log("test/nll_mc_stderr", math.sqrt(squares / 2 / images / images))

@@ -19,11 +19,13 @@ logging.getLogger("tensorboard").setLevel(logging.WARNING)
 
 RUN_COLUMNS = ["params", "epochs", "steps", "wall_time_s", "train_images_per_s", "status", "reason"]
 # Generation sweeps compare NLL bounds; classification sweeps (task=classify) compare errors, in %.
-COLUMNS = {"val/nll": ["job", "overrides", "test/nll", "test/iw_nll", "test/lx", "test/lz", "best val/nll", *RUN_COLUMNS],
+COLUMNS = {"val/nll": ["job", "overrides", "test/nll", "test/nll_mc_stderr", "test/iw_nll", "test/lx", "test/lz", "best val/nll",
+                       *RUN_COLUMNS],
            "val/error": ["job", "overrides", "test/error", "test/nll", "best val/error", *RUN_COLUMNS]}
 TITLES = {
     "val/nll": ["Test NLL bounds in nats per image, best job first. `test/nll` is the negative ELBO, the bound the paper",
-                "reports (80.97 with attention, 87.40 without); `test/iw_nll` is the importance-weighted bound",
+                "reports (80.97 with attention, 87.40 without), `test/nll_mc_stderr` its Monte-Carlo standard error (from",
+                "its draws of z); `test/iw_nll` is the importance-weighted bound",
                 "(Burda et al. 2016; tighter, not in the paper), present when eval.iw_samples > 0."],
     "val/error": ["Test errors in % of the test images, best job first (the paper's Table 1: 4.18 with 4 glimpses,",
                   "3.36 with 8); `test/nll` is the cross-entropy in nats per image."],

@@ -122,6 +122,20 @@ def test_evaluate_a_checkpoint_without_training(trained_run, tiny_mnist, tmp_pat
     assert not (tmp_path / "eval" / "checkpoints").exists()
 
 
+def test_a_checkpoint_evaluates_to_the_same_bound_whatever_the_seed_with_its_standard_error(trained_run, tiny_mnist, tmp_path):
+    from draw.run import train
+
+    _, run, _ = trained_run
+    evaluate = lambda *more: train(compose_config(  # noqa: E731
+        "train=false", f"ckpt_path={run}/checkpoints/last.ckpt", f"data.data_dir={tiny_mnist}", *TINY_RUN, *more,
+        "trainer.enable_progress_bar=false"), str(tmp_path / "_".join(more or ["plain"])))
+    plain, other_seed, other_eval_seed = evaluate(), evaluate("seed=7"), evaluate("eval.seed=7")
+    assert plain["test/nll"] == other_seed["test/nll"]  # the run's seed (and what ran before) does not move it
+    assert plain["test/nll"] != other_eval_seed["test/nll"]  # its own draws of z do, by about the standard error
+    assert 0 < plain["test/nll_mc_stderr"] < 0.05 * plain["test/nll"]
+    assert abs(plain["test/nll"] - other_eval_seed["test/nll"]) < 6 * plain["test/nll_mc_stderr"]
+
+
 def test_two_job_sweep_writes_its_summary(tiny_mnist, tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_script("train.py", tmp_path, "-m", "attention=none,read_write", f"data.data_dir={tiny_mnist}", *TINY_RUN,
