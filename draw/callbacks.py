@@ -1,7 +1,9 @@
 """Lightning callbacks: pictures of the model learning to draw or to look, the validation history, training throughput,
-the last checkpoint, Ctrl-C and SIGTERM."""
+the last checkpoint, Ctrl-C and SIGTERM; and how every checkpoint is written (AtomicCheckpointIO)."""
+import contextlib
 import csv
 import logging
+import os
 import signal
 import threading
 import time
@@ -12,10 +14,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from draw import viz
 from draw.classifier import first_misclassified
+from draw.errors import UserError
 from draw.model import image_shape
 
 PICTURE_LOGGERS = (TensorBoardLogger, WandbLogger, MLFlowLogger)
@@ -261,3 +265,29 @@ class ReportCompilation(pl.Callback):
             logging.getLogger("draw").info(f"compiled: the first training step ended {time.perf_counter() - self._started:.0f} s "
                                            "after the start (compilation and the first validation batches included)")
         self._started = None
+
+
+class CheckpointWriteError(UserError):
+    pass
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Every checkpoint is written beside its final name and renamed into place (os.replace: atomic within one file
+    system), so a write that fails (a full disk, a folder made read-only) leaves the previous file whole; the run then
+    stops with one line saying so. Lightning's own writer goes through the system's temporary folder, and a copy from
+    there onto a full disk can leave a truncated last.ckpt."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as f:
+                torch.save(checkpoint, f)
+            os.replace(partial, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} was there"
+            raise CheckpointWriteError(f"writing {path} failed ({e.strerror or type(e).__name__}): {kept}; free space "
+                                       "there (or make it writable) and resume with the command printed at the start") from None

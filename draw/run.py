@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from draw.app import CONF, checkpoint_path, command
-from draw.callbacks import LastCheckpoint, ReportCompilation, SaveOnInterrupt, TrainThroughput, ValidationHistory
+from draw.callbacks import AtomicCheckpointIO, LastCheckpoint, ReportCompilation, SaveOnInterrupt, TrainThroughput, ValidationHistory
 from draw.classifier_module import ClassifierModule
 from draw.config import check_same_settings, check_same_task, configured_loggers, load_weights, read_checkpoint, validate_train_config
 from draw.errors import UserError
@@ -170,6 +170,7 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
         default_root_dir=str(out),
         logger=build_loggers(cfg, out) or False,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
     )
     if cfg.train:
         module = build_module(cfg)

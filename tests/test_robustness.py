@@ -1,4 +1,5 @@
 """Bad input stops with one line; killed, interrupted and NaN-hit runs lose little; seeded runs repeat."""
+import errno
 import json
 import signal
 import subprocess
@@ -291,3 +292,22 @@ def test_same_seed_and_config_give_the_same_run_to_the_bit(tiny_mnist, tmp_path)
         assert first[key] == second[key], key
     a, b = (torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for name in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_previous_one_and_stops_with_one_line(tiny_mnist, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    first = train(compose_config(f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=1",
+                                 "trainer.enable_progress_bar=false"), str(run))
+    last = run / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(UserError) as error:
+        train(compose_config(f"data.data_dir={tiny_mnist}", *TINY_RUN, f"ckpt_path={last}", "checkpoint_every_n_steps=2",
+                             "trainer.enable_progress_bar=false"), str(run))
+    assert f"writing {last} failed (No space left on device): the previous last.ckpt is intact" in str(error.value)
+    assert "\n" not in str(error.value) and last.read_bytes() == before and first["steps"] == 10
+    assert not list(run.glob("checkpoints/*.partial"))
