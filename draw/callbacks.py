@@ -4,6 +4,7 @@ import contextlib
 import csv
 import logging
 import os
+import random
 import signal
 import threading
 import time
@@ -291,3 +292,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} was there"
             raise CheckpointWriteError(f"writing {path} failed ({e.strerror or type(e).__name__}): {kept}; free space "
                                        "there (or make it writable) and resume with the command printed at the start") from None
+
+
+class RandomStates(pl.Callback):
+    """Every random stream the run draws from (torch's, CUDA's, NumPy's, Python's) goes into each checkpoint, and a
+    resumed run takes them back just before its first training step, after the sanity check has drawn its own: the
+    model's noise then continues as in the uninterrupted run (the data's draws come from each batch's own seed)."""
+
+    def __init__(self):
+        self._to_restore = None
+
+    def state_dict(self) -> dict:
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]  # tensors load as data
+        return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": numpy_state, "python": random.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._to_restore = state
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self._to_restore is None:
+            return
+        state, self._to_restore = self._to_restore, None
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        kind, keys, position, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        random.setstate(state["python"])

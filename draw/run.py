@@ -17,7 +17,15 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from draw.app import CONF, checkpoint_path, command
-from draw.callbacks import AtomicCheckpointIO, LastCheckpoint, ReportCompilation, SaveOnInterrupt, TrainThroughput, ValidationHistory
+from draw.callbacks import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    RandomStates,
+    ReportCompilation,
+    SaveOnInterrupt,
+    TrainThroughput,
+    ValidationHistory,
+)
 from draw.classifier_module import ClassifierModule
 from draw.config import check_same_settings, check_same_task, configured_loggers, load_weights, read_checkpoint, validate_train_config
 from draw.errors import UserError
@@ -117,11 +125,12 @@ def build_loggers(cfg: DictConfig, out: Path) -> list:
 
 def build_callbacks(cfg: DictConfig, out: Path) -> list:
     """The `callbacks` group's callbacks, a `dirpath` in their config being a folder inside the run folder; then
-    what every run has: its validation history (validation.csv, read by draw.report), a word on compilation with
+    what every run has: its validation history (validation.csv, read by draw.report), its random streams in each
+    checkpoint (so that a resumed run goes on drawing as the uninterrupted one), a word on compilation with
     compile=true, and one progress bar."""
     callbacks = [hydra.utils.instantiate(node, **({"dirpath": str(out / node.dirpath)} if "dirpath" in node else {}))
                  for node in (cfg.get("callbacks") or {}).values()]
-    callbacks.append(ValidationHistory(out / "validation.csv"))
+    callbacks += [ValidationHistory(out / "validation.csv"), RandomStates()]
     if cfg.compile:
         callbacks.append(ReportCompilation())
     if cfg.trainer.enable_progress_bar:
@@ -172,6 +181,8 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
     )
+    if trainer.world_size == 1:  # the data module carries the place in the epoch (ResumableBatches), not the loader
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     if cfg.train:
         module = build_module(cfg)
         if start is not None:

@@ -7,6 +7,7 @@ import sys
 import time
 from importlib.util import find_spec
 
+import numpy as np
 import pytest
 import torch
 from pytorch_lightning import Callback, Trainer
@@ -183,10 +184,11 @@ def test_killed_run_resumes_to_the_same_number_of_steps(tiny_mnist, tmp_path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_stopped_run_saves_says_how_to_resume_and_resumes_to_the_same_steps(signum, tiny_mnist, tmp_path):
+def test_stopped_run_saves_says_how_to_resume_and_resumes_bit_identical(signum, tiny_mnist, tmp_path):
     run = tmp_path / "run"
     # last.ckpt every 7 steps: its first appearance says training is under way (a condition, not a sleep)
-    overrides = [f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=10", "checkpoint_every_n_steps=7"]
+    overrides = [f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=10", "checkpoint_every_n_steps=7",
+                 "trainer.deterministic=true"]
     # Ctrl-C as a terminal sends it: to a process that takes SIGINT, which a shell's background job (pytest ... &) does
     # not. A small launcher takes SIGINT back and execs train.py; Popen's preexec_fn would do the same in the forked
     # child, where, with torch's threads in this process, it can deadlock before the exec (Python's documentation warns).
@@ -212,6 +214,9 @@ def test_stopped_run_saves_says_how_to_resume_and_resumes_to_the_same_steps(sign
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["epochs"], metrics["steps"]) == (10, 100)  # as an uninterrupted run: 10 epochs of 10 steps
     assert "interrupted: saved" in (run / "train.log").read_text()  # the project's lines reach train.log
+    run_script("train.py", tmp_path, *overrides, f"hydra.run.dir={tmp_path}/uninterrupted")
+    uninterrupted = json.loads((tmp_path / "uninterrupted" / "metrics.json").read_text())
+    assert (metrics["test/nll"], metrics["val/nll_best"]) == (uninterrupted["test/nll"], uninterrupted["val/nll_best"])
 
 
 class StopBeforeValidation(Callback):
@@ -311,3 +316,76 @@ def test_a_checkpoint_write_that_fails_keeps_the_previous_one_and_stops_with_one
     assert f"writing {last} failed (No space left on device): the previous last.ckpt is intact" in str(error.value)
     assert "\n" not in str(error.value) and last.read_bytes() == before and first["steps"] == 10
     assert not list(run.glob("checkpoints/*.partial"))
+
+
+class KilledAt(Callback):
+    """Stands in for a kill (SIGKILL, a machine going away) at one moment of a run: an error no callback saves on."""
+
+    def __init__(self, hook: str, step: int):
+        self.hook, self.step = hook, step
+        setattr(self, hook, self._maybe_die)
+
+    def _maybe_die(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"killed in {self.hook} at step {self.step}")
+
+
+EXACT_RUNS = {
+    "generate": [*TINY_RUN, "trainer.max_epochs=3"],
+    "classify": ["task=classify", "data.size=40", "data.distractors=2", "data.val_size=40", "data.batch_size=20",
+                 "model.glimpses=2", "model.read_n=4", "model.hidden_size=16", "trainer.max_epochs=3"],
+}
+# Mid-epoch (last.ckpt 2 steps back), during validation, between epochs, and twice in the last epoch.
+KILLS = [("on_train_batch_end", 5), ("on_validation_batch_end", 10), ("on_train_epoch_end", 20),
+         ("on_train_batch_end", 22), ("on_train_batch_start", 27)]
+
+
+@pytest.mark.parametrize("task", ["generate", "classify"])
+def test_a_run_killed_anywhere_and_resumed_ends_bit_identical(task, tiny_mnist, tmp_path, monkeypatch):
+    """The same batches, binarization, noise, optimizer and schedule after every resume: on the CPU with
+    trainer.deterministic=true the final weights and metrics equal the uninterrupted run's to the bit."""
+    import draw.run
+
+    overrides = [f"data.data_dir={tiny_mnist}", *EXACT_RUNS[task], "checkpoint_every_n_steps=3", "trainer.deterministic=true",
+                 "trainer.enable_progress_bar=false"]
+    uninterrupted = train(compose_config(*overrides), str(tmp_path / "a"))
+    run, build_callbacks = tmp_path / "b", draw.run.build_callbacks
+    last = run / "checkpoints" / "last.ckpt"
+    for hook, step in KILLS:
+        killer = KilledAt(hook, step)
+        monkeypatch.setattr(draw.run, "build_callbacks", lambda cfg, out, killer=killer: [*build_callbacks(cfg, out), killer])
+        with pytest.raises(RuntimeError, match="killed"):
+            train(compose_config(*overrides, *([f"ckpt_path={last}"] if last.exists() else [])), str(run))
+    monkeypatch.setattr(draw.run, "build_callbacks", build_callbacks)
+    resumed = train(compose_config(*overrides, f"ckpt_path={last}"), str(run))
+    for key in [k for k in uninterrupted if k.startswith(("test/", "val/"))] + ["steps"]:
+        assert resumed[key] == uninterrupted[key], key
+    a, b = (torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for folder in (tmp_path / "a", run))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_ends_bit_identical(tiny_mnist, tmp_path):
+    overrides = [f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=20", "checkpoint_every_n_steps=3",
+                 "trainer.deterministic=true", "trainer.enable_progress_bar=false"]
+    run_script("train.py", tmp_path, *overrides, f"hydra.run.dir={tmp_path}/a")
+    run, rng, kills = tmp_path / "b", np.random.default_rng(0), 0
+    last = run / "checkpoints" / "last.ckpt"
+    while kills < 3:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run}",
+                                 *([f"ckpt_path={last}"] if last.exists() else [])], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        step_before = torch.load(last, weights_only=True)["global_step"] if last.exists() else -1
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline and (
+                not last.exists() or torch.load(last, weights_only=True)["global_step"] == step_before):
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 1.5))  # somewhere in the steps, validations or epoch ends after a new last.ckpt
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    run_script("train.py", tmp_path, *overrides, f"hydra.run.dir={run}", f"ckpt_path={last}")
+    a, b = (json.loads((folder / "metrics.json").read_text()) for folder in (tmp_path / "a", run))
+    assert b["steps"] == a["steps"] == 200 and b["test/nll"] == a["test/nll"] and b["val/nll_best"] == a["val/nll_best"]
+    weights = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for folder in (tmp_path / "a", run)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -1,13 +1,14 @@
 """What every data set's LightningDataModule shares: its `datasets` by split, served in whole batches, the
-global batch size shared out among DDP processes; and for DRAW's images (ImageDataModule) the split, the
-binarization and the image shape."""
+global batch size shared out among DDP processes, training batches that a resumed run takes exactly as the
+uninterrupted run would have; and for DRAW's images (ImageDataModule) the split, the binarization and the image shape."""
+import math
 from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from draw.errors import UserError
 
@@ -18,6 +19,49 @@ def check_binarization(mode: str, key: str = "binarization") -> str:
     if mode not in BINARIZATIONS:
         raise UserError(f"{key}={mode!r} is not a binarization: use one of {', '.join(BINARIZATIONS)}")
     return mode
+
+
+class SeededBatch(list):
+    """A training batch's indices, and the seed of its own random draws (binarization; made images' places)."""
+
+    def __init__(self, indices, seed: int):
+        super().__init__(indices)
+        self.seed = seed
+
+
+def batch_generator(indices) -> Optional[torch.Generator]:
+    """Where a batch's random draws come from: its own generator for a SeededBatch, else torch's global stream."""
+    seed = getattr(indices, "seed", None)
+    return None if seed is None else torch.Generator().manual_seed(seed)
+
+
+def _mixed(*numbers: int) -> int:
+    return hash(numbers) % 2**63  # tuples of ints hash the same in every process
+
+
+class ResumableBatches(Sampler):
+    """A single process's training batches: epoch e's order is a permutation drawn from (seed, e), and each batch
+    carries a seed for its own random draws, so batch b of epoch e is the same in every run with this seed, whatever
+    ran before it. The first epoch served is `epoch`, from its batch `start` (a run resumed mid-epoch takes the
+    batches the uninterrupted run took); each later iteration is the next epoch (Lightning iterates once an epoch)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, epoch: int = 0, start: int = 0):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.epoch, self.start, self._iterated = epoch, start, False
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.batch_size)
+
+    def __iter__(self):
+        if self._iterated:
+            self.epoch, self.start = self.epoch + 1, 0
+        self._iterated = True
+        return self._batches(self.epoch, self.start)
+
+    def _batches(self, epoch: int, start: int):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(_mixed(self.seed, epoch)))
+        for b in range(start, len(self)):
+            yield SeededBatch(order[b * self.batch_size:(b + 1) * self.batch_size].tolist(), _mixed(self.seed, epoch, b))
 
 
 def binarize(probs: torch.Tensor, mode: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -54,7 +98,7 @@ class BinarizedImages(Dataset):
     def __getitems__(self, indices):
         # The DataLoader fetches a whole batch with one indexing op instead of batch_size calls.
         batch = self.images[indices]
-        return torch.bernoulli(batch) if self.mode == "dynamic" else batch
+        return torch.bernoulli(batch, generator=batch_generator(indices)) if self.mode == "dynamic" else batch
 
 
 def _batch_as_is(batch):
@@ -68,6 +112,7 @@ class DataModule(pl.LightningDataModule):
     def __init__(self):
         super().__init__()
         self.datasets = {}
+        self._resume = (0, 0)  # (epoch, batch) where a resumed run's training batches begin
 
     @property
     def per_process_batch_size(self) -> int:
@@ -82,18 +127,35 @@ class DataModule(pl.LightningDataModule):
         return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def _loader(self, split: str, shuffle: bool = False):
+        settings = dict(batch_size=self.per_process_batch_size, shuffle=shuffle)
+        if shuffle and (self.trainer is None or self.trainer.world_size == 1):
+            # torch.initial_seed(): the run's seed (train() seeds everything first); the loader's own generator keeps
+            # making its iterator off torch's global stream, which the model's noise draws from.
+            batches = ResumableBatches(len(self.datasets[split]), self.per_process_batch_size, torch.initial_seed(), *self._resume)
+            settings = dict(batch_sampler=batches, generator=torch.Generator().manual_seed(torch.initial_seed()))
         return DataLoader(
             self.datasets[split],
-            batch_size=self.per_process_batch_size,
-            shuffle=shuffle,
             num_workers=self.hparams.num_workers,
             collate_fn=_batch_as_is,
             persistent_workers=self.hparams.num_workers > 0,
             pin_memory=self._to_cuda,  # page-locked batches copy to a GPU faster
+            **settings,
         )
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)
+
+    def state_dict(self) -> dict:
+        """In a checkpoint: where training stands, (epoch, its next batch), for ResumableBatches to go on from there."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        epoch, batch = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": epoch + 1, "batch": 0} if batch >= trainer.num_training_batches else {"epoch": epoch, "batch": batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume = (state["epoch"], state["batch"])
 
     def val_dataloader(self):
         return self._loader("val")

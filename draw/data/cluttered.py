@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset
 
-from draw.data.base import DataModule
+from draw.data.base import DataModule, batch_generator
 from draw.data.mnist import MNIST_SIZE, load_labelled_mnist
 from draw.errors import UserError
 
@@ -63,8 +63,9 @@ def scenes(digits: torch.Tensor, height: int, width: int, sources: Optional[torc
 class ClutteredDigits(Dataset):
     """MNIST digits with their labels, served as cluttered images in [0, 1] (B, size, size) and labels (B,).
 
-    seed=None: new places and clutter each time an image is served (training, from torch's random stream, which
-    Lightning's seed fixes); a seed: every image made once from it, the same in every run and on every machine."""
+    seed=None: new places and clutter each time an image is served (training: from the batch's own seed when
+    ResumableBatches serves it, else torch's random stream); a seed: every image made once from it, the same in
+    every run and on every machine."""
 
     def __init__(self, digits: torch.Tensor, labels: torch.Tensor, size: int, distractors: int, distractor_size: int,
                  seed: Optional[int] = None, chunk: int = 1000):
@@ -84,11 +85,12 @@ class ClutteredDigits(Dataset):
         return images[0], labels[0]
 
     def __getitems__(self, indices):
+        generator = batch_generator(indices)
         indices = torch.as_tensor(indices)
         if self.fixed is not None:
             images = self.fixed[indices]
         else:
-            images = cluttered_images(self.digits[indices], self.digits, **self.settings)
+            images = cluttered_images(self.digits[indices], self.digits, **self.settings, generator=generator)
         return images.float() / 255, self.labels[indices]
 
 

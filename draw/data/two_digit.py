@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset
 
-from draw.data.base import ImageDataModule, binarize, check_binarization
+from draw.data.base import ImageDataModule, batch_generator, binarize, check_binarization
 from draw.data.cluttered import scenes
 from draw.data.mnist import MNIST_SIZE, load_mnist
 from draw.errors import UserError
@@ -19,8 +19,8 @@ def two_digit_images(digits: torch.Tensor, indices: torch.Tensor, height: int, w
 
 
 class FreshTwoDigitImages(Dataset):
-    """Training images made afresh each time they are served (new partners and places, from torch's random
-    stream, which Lightning's seed fixes), in [0, 1] and binarized as `mode` says."""
+    """Training images made afresh each time they are served (new partners and places, from the batch's own seed
+    when ResumableBatches serves it, else torch's random stream), in [0, 1] and binarized as `mode` says."""
 
     def __init__(self, digits: torch.Tensor, height: int, width: int, mode: str):
         self.digits, self.height, self.width, self.mode = digits, height, width, check_binarization(mode)
@@ -32,8 +32,9 @@ class FreshTwoDigitImages(Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices):
-        images = two_digit_images(self.digits, torch.as_tensor(indices), self.height, self.width).float() / 255
-        return binarize(images, self.mode)
+        generator = batch_generator(indices)  # one stream for the batch's places and its binarization
+        images = two_digit_images(self.digits, torch.as_tensor(indices), self.height, self.width, generator).float() / 255
+        return binarize(images, self.mode, generator)
 
 
 class TwoDigitMNISTDataModule(ImageDataModule):
