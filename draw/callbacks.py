@@ -160,6 +160,11 @@ class TrainThroughput(pl.Callback):
         self._last = time.perf_counter()
 
 
+# A cluster's warning before a job's time limit or pre-emption: submitit's (Hydra's SLURM launcher), whose handler
+# requeues the job and exits.
+PREEMPTION_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+
+
 class SaveOnInterrupt(pl.Callback):
     """Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes, systemd and `timeout` send) during fit: save
     dirpath/last.ckpt at the current step (train() then prints how to resume). Lightning then exits.
@@ -167,16 +172,25 @@ class SaveOnInterrupt(pl.Callback):
     Lightning acts on SIGTERM only between batches; Python raises Ctrl-C's KeyboardInterrupt wherever the step is, and
     one landing after the optimizer step but before Lightning counts the batch done saves a checkpoint whose resumed
     run takes that batch again (one step too many). So during training Ctrl-C is held until the batch ends, where
-    Lightning resumes a checkpoint exactly; a second Ctrl-C stops at once."""
+    Lightning resumes a checkpoint exactly; a second Ctrl-C stops at once.
+
+    The cluster's pre-emption signal (PREEMPTION_SIGNAL), where a handler for it is already installed, is held the same
+    way: at the batch's end last.ckpt is saved, then that handler takes over (submitit's requeues the job, whose next
+    start resumes from last.ckpt, and exits)."""
 
     def __init__(self, dirpath):
         self.path = Path(dirpath) / "last.ckpt"
-        self._ctrl_c, self._default_sigint = False, None
+        self._ctrl_c, self._preempted, self._replaced = False, False, {}
 
     def on_train_start(self, trainer, module):
-        # Only the main thread may set a handler; a process that ignores SIGINT (a shell's background job) keeps ignoring it.
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            self._ctrl_c, self._default_sigint = False, signal.signal(signal.SIGINT, self._hold_ctrl_c)
+        self._ctrl_c, self._preempted = False, False
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+            return
+        # A process that ignores SIGINT (a shell's background job) keeps ignoring it.
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            self._replaced[signal.SIGINT] = signal.signal(signal.SIGINT, self._hold_ctrl_c)
+        if callable(signal.getsignal(PREEMPTION_SIGNAL)):
+            self._replaced[PREEMPTION_SIGNAL] = signal.signal(PREEMPTION_SIGNAL, self._hold_preemption)
 
     def _hold_ctrl_c(self, signum, frame):
         if self._ctrl_c:
@@ -184,32 +198,47 @@ class SaveOnInterrupt(pl.Callback):
         self._ctrl_c = True
         logging.getLogger("draw").info("Ctrl-C: stopping when this batch ends (Ctrl-C again to stop at once)")
 
+    def _hold_preemption(self, signum, frame):
+        self._preempted = True
+        logging.getLogger("draw").info(f"{signal.Signals(signum).name}: the job is to stop; saving when this batch ends")
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         # Not at an epoch's last batch: resumed from there, Lightning would skip that epoch's validation
         # (LastCheckpoint's docstring); the next epoch's first batch start is the next safe place.
-        if self._ctrl_c and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            raise KeyboardInterrupt
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._stop_if_asked(trainer)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self._stop_if_asked(trainer)
+
+    def _stop_if_asked(self, trainer):
         if self._ctrl_c:
             raise KeyboardInterrupt
+        if self._preempted:
+            handler = self._replaced[PREEMPTION_SIGNAL]
+            self._save(trainer)
+            self._restore_handlers()
+            handler(PREEMPTION_SIGNAL, None)
 
     def on_train_end(self, trainer, module):
-        self._restore_sigint()
+        self._restore_handlers()  # a pre-emption held past the last batch: training is done, the test is short
         if self._ctrl_c:  # held past the last batch: the run still stops as a Ctrl-C-ed one, not tested as finished
             raise KeyboardInterrupt
 
-    def _restore_sigint(self):
-        if self._default_sigint is not None:
-            signal.signal(signal.SIGINT, self._default_sigint)
-            self._default_sigint = None
+    def _restore_handlers(self):
+        for signum, handler in self._replaced.items():
+            signal.signal(signum, handler)
+        self._replaced = {}
 
     def on_exception(self, trainer, module, exception):
-        self._restore_sigint()
+        self._restore_handlers()
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == "fit":
-            trainer.save_checkpoint(self.path, weights_only=False)
-            if trainer.is_global_zero:
-                logging.getLogger("draw").info(f"interrupted: saved {self.path}")
+            self._save(trainer)
+
+    def _save(self, trainer):
+        trainer.save_checkpoint(self.path, weights_only=False)
+        if trainer.is_global_zero:
+            logging.getLogger("draw").info(f"interrupted: saved {self.path}")
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -1,6 +1,7 @@
 """Bad input stops with one line; killed, interrupted and NaN-hit runs lose little; seeded runs repeat."""
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -389,3 +390,40 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(tiny_mnist, tm
     assert b["steps"] == a["steps"] == 200 and b["test/nll"] == a["test/nll"] and b["val/nll_best"] == a["val/nll_best"]
     weights = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for folder in (tmp_path / "a", run)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_slurm_job_warned_of_its_time_limit_saves_requeues_itself_and_resumes_bit_identical(tiny_mnist, tmp_path):
+    """What submitit does in a SLURM job (hydra/launcher=slurm) stood in for: its handler of the warning signal runs
+    `scontrol requeue $SLURM_JOB_ID` (a stand-in scontrol on the PATH records it) and exits; the requeued job resumes."""
+    from draw.callbacks import PREEMPTION_SIGNAL
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "PYTHONUNBUFFERED": "1"}
+    overrides = [f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=10", "checkpoint_every_n_steps=7",
+                 "trainer.deterministic=true", f"hydra.run.dir={tmp_path}/run"]
+    submitit_like = ("import os, runpy, signal, subprocess, sys\n"
+                     "def requeue(signum, frame):\n"
+                     "    subprocess.check_call(['scontrol', 'requeue', os.environ['SLURM_JOB_ID']])\n"
+                     "    sys.exit(-1)\n"
+                     f"signal.signal({int(PREEMPTION_SIGNAL)}, requeue)\n"
+                     "sys.argv = sys.argv[1:]\n"
+                     "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    proc = subprocess.Popen([sys.executable, "-c", submitit_like, str(ROOT / "train.py"), *overrides], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(PREEMPTION_SIGNAL)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and f"interrupted: saved {last}" in output, output[-2000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    assert 0 < read_checkpoint(last)["global_step"] < 100, "the run finished before it was warned"
+    run_script("train.py", tmp_path, *overrides, f"ckpt_path={last}")  # the requeued job (sweep jobs find last.ckpt)
+    run_script("train.py", tmp_path, *overrides[:-1], f"hydra.run.dir={tmp_path}/uninterrupted")
+    resumed, uninterrupted = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("run", "uninterrupted"))
+    assert resumed["steps"] == 100
+    assert (resumed["test/nll"], resumed["val/nll_best"]) == (uninterrupted["test/nll"], uninterrupted["val/nll_best"])
