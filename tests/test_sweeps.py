@@ -50,7 +50,8 @@ def test_a_sweep_over_init_from_gives_each_start_its_own_folder(trained_run, tin
 def test_killed_sweep_reruns_into_the_same_folder(tiny_mnist, tmp_path):
     sweep = tmp_path / "sweep"
     command = [sys.executable, str(ROOT / "train.py"), "-m", "attention=none,write", f"data.data_dir={tiny_mnist}",
-               *TINY_SWEEP, "model.T=3", "trainer.max_epochs=10", "checkpoint_every_n_steps=5", f"hydra.sweep.dir={sweep}"]
+               *TINY_SWEEP, "model.T=3", "trainer.max_epochs=10", "checkpoint_every_n_steps=5", "trainer.deterministic=true",
+               f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not list(sweep.glob("attention=write*/checkpoints/last.ckpt")) and proc.poll() is None and time.time() < deadline:
@@ -70,6 +71,10 @@ def test_killed_sweep_reruns_into_the_same_folder(tiny_mnist, tmp_path):
     assert json.loads((first / "metrics.json").read_text()) == finished_before  # not run again
     resumed = json.loads((job_folder(sweep, "attention=write") / "metrics.json").read_text())
     assert (resumed["status"], resumed["epochs"], resumed["steps"]) == ("completed", 10, 100)  # as if never killed
+    alone = tmp_path / "alone"  # the killed job's settings in a run never killed: the same numbers, to the bit
+    run_script("train.py", tmp_path, "attention=write", *command[4:-1], f"hydra.run.dir={alone}")
+    uninterrupted = json.loads((alone / "metrics.json").read_text())
+    assert (resumed["test/nll"], resumed["val/nll_best"]) == (uninterrupted["test/nll"], uninterrupted["val/nll_best"])
     rows = write_summary(sweep)
     assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
 
