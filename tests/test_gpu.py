@@ -39,32 +39,28 @@ def images(n: int = 16) -> torch.Tensor:
     return torch.bernoulli(torch.full((n, 28, 28), 0.15, generator=torch.Generator().manual_seed(1)))
 
 
+def assert_same_step(reference: DRAW, other: DRAW, x: torch.Tensor, x_other: torch.Tensor) -> None:
+    """Two copies of one model take the same loss and gradients (fp32 tolerances) on the same images and noise."""
+    other.load_state_dict(reference.state_dict())
+    loss, grads = loss_and_grads(reference, x)
+    loss_other, grads_other = loss_and_grads(other, x_other)
+    assert loss_other == pytest.approx(loss.item(), rel=1e-4)
+    for name, grad in grads.items():
+        assert torch.allclose(grads_other[name], grad, rtol=1e-3, atol=1e-4), name
+
+
 def test_a_training_step_on_cuda_equals_the_cpus(same_noise_everywhere):
     torch.manual_seed(0)
-    cpu = DRAW(SMALL)
-    gpu = DRAW(SMALL)
-    gpu.load_state_dict(cpu.state_dict())
-    gpu.cuda()
     x = images()
-    loss_cpu, grads_cpu = loss_and_grads(cpu, x)
-    loss_gpu, grads_gpu = loss_and_grads(gpu, x.cuda())
-    assert loss_gpu == pytest.approx(loss_cpu.item(), rel=1e-4)
-    for name, grad in grads_cpu.items():
-        assert torch.allclose(grads_gpu[name], grad, rtol=1e-3, atol=1e-4), name
+    assert_same_step(DRAW(SMALL), DRAW(SMALL).cuda(), x, x.cuda())
 
 
 def test_compiled_steps_equal_eager_on_cuda(same_noise_everywhere):
     torch.manual_seed(0)
-    eager = DRAW(SMALL).cuda()
     compiled = DRAW(SMALL).cuda()
-    compiled.load_state_dict(eager.state_dict())
     compiled.compile_steps(2)
     x = images().cuda()
-    loss_eager, grads_eager = loss_and_grads(eager, x)
-    loss_compiled, grads_compiled = loss_and_grads(compiled, x)
-    assert loss_compiled == pytest.approx(loss_eager.item(), rel=1e-4)
-    for name, grad in grads_eager.items():
-        assert torch.allclose(grads_compiled[name], grad, rtol=1e-3, atol=1e-4), name
+    assert_same_step(DRAW(SMALL).cuda(), compiled, x, x)
 
 
 def test_bf16_autocast_is_finite_and_close_to_fp32(same_noise_everywhere):
