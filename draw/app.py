@@ -80,8 +80,9 @@ def swept_keys(root: Optional[DictConfig]) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     for override in OverridesParser.create().parse_overrides(list(saved)):
-        if override.is_sweep_override() and override.get_key_element() not in keys:
-            keys.append(override.get_key_element().lstrip("+~"))
+        key = override.get_key_element().lstrip("+~")
+        if override.is_sweep_override() and key not in keys:
+            keys.append(key)
     return keys
 
 
