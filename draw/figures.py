@@ -1,13 +1,16 @@
 """The paper's figures, from the shipped models and MNIST's files, into one folder with an index:
 
     python -m draw.figures [paths.data_dir=/path/to/mnist] [out=docs/figures] [draw=CKPT] [sequences=CKPT ...]
+    python -m draw.figures data=svhn draw=CKPT paths.data_dir=/path/to/data out=figures_svhn   # Figs. 9, 10, 12
 
 filterbank.png (Fig. 3): a 3x3 grid of filters on an image, and 12x12 patches read from it at three strides and
 variances. zoom.png (Fig. 4): a 100x100 image, 12x12 patches read with 144 filters at several zooms, and the image
 written back from each patch through the transposed filters. nearest.png (Fig. 6): generated digits, the last column
 followed by the nearest training image (pixel L2), so a reader sees the model does not copy. sequences.png (Fig. 7):
 the canvas over steps. glimpses.png / glimpses.gif (Fig. 5): the classifier's glimpses on cluttered MNIST. Any DRAW
-checkpoint serves for the generated figures (draw=, sequences=: a no-attention or two-digit model, SVHN, CIFAR-10).
+checkpoint serves for the generated figures (draw=, sequences=: a no-attention or two-digit model); with data=svhn or
+data=cifar10 the nearest neighbours come from that data set's training images (the filterbank, zooming and the
+classifier are MNIST's, made with data=mnist only).
 """
 import logging
 import sys
@@ -21,17 +24,20 @@ from draw import viz
 from draw.app import checkpoint_path
 from draw.attention import AttentionWindow, filterbank, read
 from draw.config import read_checkpoint
+from draw.data import CIFAR10DataModule, MNISTDataModule, SVHNDataModule
 from draw.data.cluttered import scenes
 from draw.data.mnist import load_mnist
-from draw.errors import exit_on_user_error
+from draw.errors import UserError, exit_on_user_error
 from draw.model import image_shape
 from draw.module import DRAWModule
 from draw.sample import load_module, show_glimpses
 
 log = logging.getLogger("draw")
 
-DEFAULTS = {"out": "docs/figures", "paths": {"data_dir": "data"}, "draw": "pretrained:draw_mnist", "sequences": None,
-            "classifier": "pretrained:glimpse_cluttered_mnist", "n": 8, "seed": 0}
+DEFAULTS = {"out": "docs/figures", "paths": {"data_dir": "data"}, "data": "mnist", "draw": "pretrained:draw_mnist",
+            "sequences": None, "classifier": "pretrained:glimpse_cluttered_mnist", "n": 8, "seed": 0}
+# The data sets whose training images the generated ones are compared with (data=).
+DATA = {"mnist": MNISTDataModule, "svhn": SVHNDataModule, "cifar10": CIFAR10DataModule}
 
 
 def window(g_x: float, g_y: float, delta: float, var: float, gamma: float = 1.0) -> AttentionWindow:
@@ -120,6 +126,14 @@ def load_draw(ckpt) -> DRAWModule:
     return DRAWModule.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
 
 
+def training_images(data: str, data_dir: str, module: DRAWModule) -> torch.Tensor:
+    """A data set's training images at the model's size: uint8 (N, H, W) or (N, C, H, W)."""
+    if data not in DATA:
+        raise UserError(f"data={data!r} is not allowed: one of {', '.join(DATA)}")
+    cfg = module.model.cfg
+    return DATA[data](data_dir=data_dir, height=cfg.height, width=cfg.width).images(train=True)
+
+
 def nearest_figure(module: DRAWModule, training_images: torch.Tensor, n: int) -> torch.Tensor:
     """Fig. 6: n rows of n generated images, each row followed by the training image nearest to its last one."""
     with torch.no_grad():
@@ -145,28 +159,29 @@ def make_figures(cfg) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    train_images, test_images = (load_mnist(cfg.paths.data_dir, train) for train in (True, False))
-    digit = test_images[0].float() / 255
+    drawing = load_draw(cfg.draw)
+    train_images = training_images(cfg.data, cfg.paths.data_dir, drawing)
     made = {}
 
     def save(name: str, picture: torch.Tensor, caption: str, scale: int = 3):
         save_image(viz.enlarged(picture, scale), out / name)
         made[name] = caption
 
-    save("filterbank.png", filterbank_figure(to_size(digit, 100)),
-         "Fig. 3: a 3x3 grid of filters on a digit (red); 12x12 patches read from it at three strides and variances.", 2)
-    scene = scenes(test_images[:1, None], 100, 100, generator=torch.Generator().manual_seed(cfg.seed))[0].float() / 255
-    save("zoom.png", zoom_figure(scene),
-         "Fig. 4: a 100x100 image; 12x12 patches read with 144 filters at strides 8, 4, 2 and 1 (top) and the image "
-         "written back from each through the transposed filters (bottom).", 2)
-    drawing = load_draw(cfg.draw)
+    if cfg.data == "mnist":
+        test_images = load_mnist(cfg.paths.data_dir, train=False)
+        save("filterbank.png", filterbank_figure(to_size(test_images[0].float() / 255, 100)),
+             "Fig. 3: a 3x3 grid of filters on a digit (red); 12x12 patches read from it at three strides and variances.", 2)
+        scene = scenes(test_images[:1, None], 100, 100, generator=torch.Generator().manual_seed(cfg.seed))[0].float() / 255
+        save("zoom.png", zoom_figure(scene),
+             "Fig. 4: a 100x100 image; 12x12 patches read with 144 filters at strides 8, 4, 2 and 1 (top) and the image "
+             "written back from each through the transposed filters (bottom).", 2)
     save("nearest.png", nearest_figure(drawing, train_images, cfg.n),
-         f"Fig. 6: digits generated by {cfg.draw}; the last column is the training image nearest (pixel L2) to each row's "
-         "last digit: the model does not copy.")
+         f"Figs. 6, 10, 12: images generated by {cfg.draw}; the last column is the {cfg.data} training image nearest "
+         "(pixel L2) to each row's last one: the model does not copy.")
     sequences = cfg.sequences or cfg.draw
     save("sequences.png", sequences_figure(load_draw(sequences), cfg.n),
-         f"Fig. 7: {sequences} drawing, one image a row, the canvas at evenly spaced steps to the last.")
-    if cfg.classifier:
+         f"Figs. 7, 9: {sequences} drawing, one image a row, the canvas at evenly spaced steps to the last.")
+    if cfg.classifier and cfg.data == "mnist":
         classifier = load_module(cfg.classifier, mode="glimpses")
         glimpse_cfg = OmegaConf.create({"data": {"data_dir": cfg.paths.data_dir}, "scale": 2, "device": "cpu"})
         show_glimpses(classifier.module, classifier.data_settings, glimpse_cfg, 4, out)

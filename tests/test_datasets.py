@@ -171,3 +171,18 @@ def test_a_checkpoint_from_before_colour_loads_as_grey(tmp_path):
     torch.save(checkpoint, tmp_path / "old.ckpt")
     module = DRAWModule.load_from_checkpoint(tmp_path / "old.ckpt", weights_only=True)
     assert module.model.cfg.channels == 1 and module.model.sample(2, T=2)[0].shape == (2, 2, 28, 28)
+
+
+def test_figures_of_a_colour_model_compare_it_with_its_own_training_images(tiny_cifar10, tmp_path):
+    from omegaconf import OmegaConf
+
+    from draw import figures
+
+    run = tmp_path / "run"
+    train(compose_config("experiment=paper_cifar10", f"data.data_dir={tiny_cifar10}", *TINY_COLOUR), str(run))
+    cfg = OmegaConf.merge(OmegaConf.create(figures.DEFAULTS), {
+        "out": str(tmp_path / "figures"), "data": "cifar10", "paths": {"data_dir": str(tiny_cifar10)},
+        "draw": str(run / "checkpoints" / "last.ckpt"), "classifier": None, "n": 2})
+    out = figures.make_figures(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["index.md", "nearest.png", "sequences.png"]  # MNIST's figures: data=mnist
+    assert "cifar10 training image nearest" in (out / "index.md").read_text()
