@@ -178,15 +178,15 @@ class DRAWModule(TrainingModule):
         self._log_bound(first, "test")
         # A second draw of every z for the same images: how far one draw's bound moves (its Monte-Carlo error).
         second = self.model(x)
-        difference = (first.lx + first.lz) - (second.lx + second.lz)  # (B,)
-        self._mc_squares += float((difference**2).sum())
+        self._mc_squares += ((first.nll_bound - second.nll_bound) ** 2).sum().double()  # a tensor: no sync per batch
         self._mc_images += len(x)
 
     def on_test_epoch_end(self):
         """test/nll_mc_stderr: the standard error of test/nll from its draws of z alone (the images are the same
         in every evaluation): per image Var = E[(a - b)^2] / 2 for two draws a, b; over n images sqrt(Var / n)."""
-        totals = self.trainer.strategy.reduce(torch.tensor([self._mc_squares, self._mc_images], dtype=torch.float64,
-                                                           device=self.device), reduce_op="sum")
+        totals = torch.stack([torch.as_tensor(self._mc_squares, dtype=torch.float64, device=self.device),
+                              torch.tensor(float(self._mc_images), dtype=torch.float64, device=self.device)])
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         squares, images = totals.tolist()
         if images:
             self.log("test/nll_mc_stderr", math.sqrt(squares / 2 / images / images))
