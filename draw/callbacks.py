@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -321,6 +321,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} was there"
             raise CheckpointWriteError(f"writing {path} failed ({e.strerror or type(e).__name__}): {kept}; free space "
                                        "there (or make it writable) and resume with the command printed at the start") from None
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar, which in a run resumed mid-epoch names the epoch and counts on from the batch it resumed at:
+    Lightning skips on_train_epoch_start there, and its bar said "Training: 82/?" until that epoch ended."""
+
+    def on_train_start(self, trainer, module):
+        super().on_train_start(trainer, module)
+        if trainer.fit_loop.restarted_mid_epoch:
+            self.on_train_epoch_start(trainer)
+            self.train_progress_bar.n = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            self.train_progress_bar.refresh()
 
 
 class RandomStates(pl.Callback):

@@ -13,13 +13,14 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from draw.app import CONF, checkpoint_path, command
 from draw.callbacks import (
     AtomicCheckpointIO,
     LastCheckpoint,
+    ProgressBar,
     RandomStates,
     ReportCompilation,
     SaveOnInterrupt,
@@ -134,7 +135,7 @@ def build_callbacks(cfg: DictConfig, out: Path) -> list:
     if cfg.compile:
         callbacks.append(ReportCompilation())
     if cfg.trainer.enable_progress_bar:
-        callbacks.append(TQDMProgressBar())  # Lightning would pick Rich's where rich is installed: one bar everywhere
+        callbacks.append(ProgressBar())  # Lightning would pick Rich's where rich is installed: one bar everywhere
     return callbacks
 
 

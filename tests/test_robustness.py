@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -211,7 +212,10 @@ def test_stopped_run_saves_says_how_to_resume_and_resumes_bit_identical(signum, 
     stopped_at = read_checkpoint(last)["global_step"]
     assert 0 < stopped_at < 100, "the run finished before it could be stopped"
 
-    run_script("train.py", tmp_path, *resume.removeprefix("resume with: python train.py ").split())
+    resumed = run_script("train.py", tmp_path, *resume.removeprefix("resume with: python train.py ").split())
+    if stopped_at % 10:  # mid-epoch: the bar names the epoch and counts on from where the run stopped
+        assert f"Epoch {stopped_at // 10}: " in resumed.stdout and f"| {stopped_at % 10 + 1}/10 [" in resumed.stdout, resumed.stdout[-2000:]
+        assert not re.search(r"Training: \|.*\| [1-9][0-9]*/\?", resumed.stdout)  # Lightning's bar: no epoch, no total
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["epochs"], metrics["steps"]) == (10, 100)  # as an uninterrupted run: 10 epochs of 10 steps
     assert "interrupted: saved" in (run / "train.log").read_text()  # the project's lines reach train.log
