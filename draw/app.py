@@ -3,6 +3,7 @@ use, the command's own name and the shipped checkpoints' names. Kept free of tor
 `--help` and a rejected command answer in a moment."""
 import functools
 import hashlib
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -49,6 +50,12 @@ def command(script: str) -> str:
     """How the user started this script: draw-train / draw-sample where draw is installed, else python train.py."""
     installed = f"draw-{script}"
     return installed if Path(sys.argv[0]).name == installed else f"python {script}.py"
+
+
+def command_line(script: str, args) -> str:
+    """A command to print for the user to paste: `script` as command() names it, each argument quoted where a shell
+    would split or expand it (attention.write_init={stride: 4, var: 4} stays one argument)."""
+    return " ".join([command(script), shlex.join(args)])
 
 
 def _split_overrides(override_dirname: str) -> list:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from draw.app import CONF, checkpoint_path, command
+from draw.app import CONF, checkpoint_path, command_line
 from draw.callbacks import (
     AtomicCheckpointIO,
     LastCheckpoint,
@@ -169,8 +169,8 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
     datamodule.prepare_data()  # a missing data set stops the run here, before any other work
     monitor = cfg.task.monitor
     # Resuming in the same folder keeps one TensorBoard history and one checkpoints/ folder.
-    resume_command = resume_command or " ".join([
-        command("train"), *(o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))),
+    resume_command = resume_command or command_line("train", [
+        *(o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))),
         f"hydra.run.dir={out}", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
     callbacks = build_callbacks(cfg, out)
     best = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor == monitor), None)
@@ -260,7 +260,7 @@ def sweep_job(cfg: DictConfig, output_dir: str, overrides: Sequence[str], sweep_
         log.info(f"{out.name}: resuming from {last}")
         cfg.ckpt_path = str(last)
     argv = _sweep_arguments(Path(sweep_dir)) or list(overrides)
-    resume_command = " ".join([command("train"), "-m", *argv, f"hydra.sweep.dir={sweep_dir}"])
+    resume_command = command_line("train", ["-m", *argv, f"hydra.sweep.dir={sweep_dir}"])
     try:
         return objective(train(cfg, output_dir, overrides, resume_command))
     except (KeyboardInterrupt, SystemExit) as e:

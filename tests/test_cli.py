@@ -1,5 +1,7 @@
 """What a newcomer types first: help pages, debug runs, loggers, max_epochs=-1, run folders, a wheel install."""
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -172,12 +174,21 @@ def test_the_shipped_models_have_names_that_work_from_any_folder(tiny_mnist, tmp
     proc = run_script("train.py", tmp_path, "train=false", "ckpt_path=pretrained:draw_mnist", "compile=false",
                       f"data.data_dir={tiny_mnist}", f"hydra.run.dir={tmp_path}/run")
     assert "test NLL bound" in proc.stdout
+    # train.py's and sample.py's help and the usage guide name every model that ships
+    for page in ("conf/hydra/help/train.yaml", "conf/hydra/help/sample.yaml", "docs/usage.md"):
+        listed = " ".join((ROOT / page).read_text().split())
+        assert all(re.search(rf"\b{p.stem}\b", listed) for p in PRETRAINED_DIR.glob("*.ckpt")), page
 
 
 def test_help_and_resume_lines_name_the_command_that_was_run(monkeypatch):
-    from draw.app import command
+    from draw.app import command, command_line
 
     monkeypatch.setattr("sys.argv", ["/venv/bin/draw-train", "--help"])
     assert command("train") == "draw-train"
     monkeypatch.setattr("sys.argv", ["train.py"])
     assert command("train") == "python train.py" and command("sample") == "python sample.py"
+    # a printed resume line pastes into a shell as the arguments it was made from
+    args = ["attention.write_init={stride: 4, var: 4}", "optim.lr=5e-4", "hydra.run.dir=runs/a b"]
+    line = command_line("train", args)
+    assert shlex.split(line) == ["python", "train.py", *args]
+    assert " optim.lr=5e-4 " in line  # what needs no quotes gets none
