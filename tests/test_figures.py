@@ -1,5 +1,6 @@
 """python -m draw.figures: each of the paper's figures is made, with the panels it should have."""
 import torch
+from PIL import Image
 
 from draw import figures
 from draw.viz import PAD
@@ -30,11 +31,23 @@ def test_make_figures_writes_every_figure_and_its_index(trained_run, tiny_mnist,
     from omegaconf import OmegaConf
 
     _, run, _ = trained_run
+    ckpt = str(run / "checkpoints" / "last.ckpt")
     cfg = OmegaConf.merge(OmegaConf.create(figures.DEFAULTS), {
-        "out": str(tmp_path / "figures"), "paths": {"data_dir": str(tiny_mnist)}, "draw": str(run / "checkpoints" / "last.ckpt"),
+        "out": str(tmp_path / "figures"), "paths": {"data_dir": str(tiny_mnist)}, "draw": ckpt, "sequences": ckpt, "two_digit": ckpt,
         "classifier": None, "n": 3})
     out = figures.make_figures(cfg)
-    names = ["filterbank.png", "zoom.png", "nearest.png", "sequences.png"]
+    names = ["filterbank.png", "zoom.png", "nearest.png", "sequences.png", "two_digit.png", "two_digit_sequences.png"]
     assert all((out / name).is_file() for name in names)
     index = (out / "index.md").read_text()
     assert all(f"[{name}]" in index for name in names)
+    # Fig. 8: a 3 x 3 grid of the model's 28 x 28 images, each pixel drawn 2 x 2
+    cells = 3 * (28 + PAD) + PAD
+    assert Image.open(out / "two_digit.png").size == (2 * cells, 2 * cells)
+
+
+def test_figures_take_the_shipped_mnist_models_for_mnist_only():
+    mnist = figures.figures_config([])
+    assert (mnist.sequences, mnist.two_digit) == (None, "pretrained:draw_two_digit_mnist")
+    assert figures.figures_config(["two_digit=null"]).two_digit is None
+    colour = figures.figures_config(["data=cifar10", "draw=run.ckpt"])
+    assert (colour.sequences, colour.two_digit) == (None, None)
