@@ -53,7 +53,7 @@ def test_experiments_hold_the_paper_and_seed_settings():
     # The model without attention keeps the parts of the recipe it was measured with.
     assert none.optim.lr == 1.5e-3 and none.scheduler.name == "cosine"
     assert none.model.forget_bias is None and none.data.batch_size == 100
-    # Two-digit MNIST: the MNIST model's sizes and recipe, its windows' start scaled to 60 x 60.
+    # Two-digit MNIST: the MNIST model's sizes and recipe (its write's start too), its read's start spread over 60 x 60.
     two = compose_config("experiment=paper_two_digit_mnist")
     sizes = lambda cfg: (cfg.model.T, cfg.model.z_size, cfg.model.enc_size, cfg.model.dec_size, cfg.model.forget_bias)  # noqa: E731
     assert sizes(two) == sizes(plain) and two.optim == plain.optim and two.scheduler == plain.scheduler
