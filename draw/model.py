@@ -242,12 +242,12 @@ class DRAW(nn.Module):
             tuple(map(expand, self.dec0)),
         )
 
-    def step(self, x, state, w_enc, w_dec, enc_offset, dec_offset, noise):
+    def step(self, x, state, w_enc, w_dec, enc_offset, dec_offset, noise, record: bool = False):
         """One step of Eqs. 1-8. state is (c, h_enc, c_enc, h_dec, c_dec) of step t-1; returns step t's and
-        a StepOutput. The LSTMs' merged weights come detached, and their biases (and, without attention,
-        the projection of x) as this step's `offset`s from StepwiseLinear. The noise comes from outside, so
-        that this function (the hot path, run T times a sequence) can be compiled and still draw torch's
-        numbers."""
+        a StepOutput, with a StepRecording only if `record`. The LSTMs' merged weights come detached, and
+        their biases (and, without attention, the projection of x) as this step's `offset`s from
+        StepwiseLinear. The noise comes from outside, so that this function (the hot path, run T times a
+        sequence) can be compiled and still draw torch's numbers."""
         c, h_enc, c_enc, h_dec, c_dec = state
         x_hat = x - torch.sigmoid(c)  # Eq. 3
         r, read_window = self.read(x, x_hat, h_dec)  # Eq. 4
@@ -257,7 +257,7 @@ class DRAW(nn.Module):
         z = mu + log_sigma.exp() * noise  # Eq. 6
         c, h_dec, c_dec, write_window, dec_input = self.decode(z, c, h_dec, c_dec, w_dec, dec_offset)  # Eqs. 7-8
         kl = gaussian_kl(mu, log_sigma)
-        recording = StepRecording(c, z, mu, log_sigma, read_window, write_window)
+        recording = StepRecording(c, z, mu, log_sigma, read_window, write_window) if record else None
         return (c, h_enc, c_enc, h_dec, c_dec), StepOutput(kl, enc_input.detach(), dec_input.detach(), recording)
 
     def steps(self, x, state, w_enc, w_dec, enc_offsets, dec_offsets, noises, record: bool):
@@ -266,8 +266,8 @@ class DRAW(nn.Module):
         What torch.compile compiles: `steps_per_call` steps unrolled into one graph (compile_steps)."""
         outputs = []
         for enc_offset, dec_offset, noise in zip(enc_offsets, dec_offsets, noises):
-            state, output = self.step(x, state, w_enc, w_dec, enc_offset, dec_offset, noise)
-            outputs.append(output if record else output._replace(recording=None))
+            state, output = self.step(x, state, w_enc, w_dec, enc_offset, dec_offset, noise, record)
+            outputs.append(output)
         return state, outputs
 
     def compile_steps(self, steps_per_call: int = 1) -> None:
