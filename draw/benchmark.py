@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from draw.config import validate_train_config
 from draw.data.cluttered import cluttered_images
-from draw.errors import exit_on_user_error
+from draw.errors import exit_on_user_error, exit_with_help_if_asked
 from draw.model import DRAW, merged_lstm_weights
 from draw.module import build_optimizer
 from draw.run import build_module, compose_config, prepare_device
@@ -180,6 +180,7 @@ def benchmark_classifier(cfg: DictConfig, overrides, module, optimizer, device: 
 
 @exit_on_user_error
 def main(argv) -> None:
+    exit_with_help_if_asked(argv, __doc__)
     if not argv:  # each configuration in a process of its own, so that peak memory is its own
         for overrides in PAPER_CONFIGS:
             subprocess.run([sys.executable, "-m", "draw.benchmark", *overrides], check=True)

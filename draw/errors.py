@@ -25,6 +25,14 @@ def exit_with(error: UserError):
     sys.exit(2)
 
 
+def exit_with_help_if_asked(argv, doc: str) -> None:
+    """-h or --help among a module script's arguments: its docstring (what it does, how to call it) and exit 0,
+    rather than reading the flag as an override, a folder or a file."""
+    if {"-h", "--help"} & set(argv):
+        print(doc.strip())
+        sys.exit(0)
+
+
 def exit_on_user_error(main):
     """Wrap a script's main so that a UserError ends it with exit_with."""
 

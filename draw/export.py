@@ -8,6 +8,7 @@ import sys
 import torch
 
 from draw.config import read_checkpoint
+from draw.errors import exit_with_help_if_asked
 
 # The data module's settings too: a classifier's pictures remake its test images from them.
 KEPT = ("state_dict", "hyper_parameters", "hparams_name", "epoch", "global_step", "pytorch-lightning_version",
@@ -22,6 +23,7 @@ def export(src, dst) -> dict:
 
 
 if __name__ == "__main__":
+    exit_with_help_if_asked(sys.argv[1:], __doc__)
     if len(sys.argv) != 3:
         raise SystemExit("usage: python -m draw.export SRC.ckpt DST.ckpt")
     export(*sys.argv[1:])

@@ -30,7 +30,7 @@ from draw.config import read_checkpoint
 from draw.data import CIFAR10DataModule, MNISTDataModule, SVHNDataModule
 from draw.data.cluttered import scenes
 from draw.data.mnist import load_mnist
-from draw.errors import UserError, exit_on_user_error
+from draw.errors import UserError, exit_on_user_error, exit_with_help_if_asked
 from draw.model import image_shape
 from draw.module import DRAWModule
 from draw.sample import load_module, show_glimpses
@@ -224,6 +224,7 @@ def figures_config(argv):
 
 @exit_on_user_error
 def main(argv) -> None:
+    exit_with_help_if_asked(argv, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     make_figures(figures_config(argv))
 

@@ -14,6 +14,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from draw.errors import exit_with_help_if_asked
+
 # TensorBoard's event reader logs every file it opens ("Directory watcher advancing ...") at INFO.
 logging.getLogger("tensorboard").setLevel(logging.WARNING)
 
@@ -186,6 +188,7 @@ class SweepSummary(Callback):
 
 
 if __name__ == "__main__":
+    exit_with_help_if_asked(sys.argv[1:], __doc__)
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m draw.report SWEEP_DIR")
     write_summary(sys.argv[1])

@@ -1,7 +1,10 @@
 """What a newcomer types first: help pages, debug runs, loggers, max_epochs=-1, run folders, a wheel install."""
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,15 @@ def test_each_script_has_its_own_help_page(script, says, lists, tmp_path):
         for group in (p for p in (ROOT / "conf").iterdir() if p.is_dir() and p.name != "hydra"):
             assert f"\n  {group.name} " in page, group.name
             assert all(option.stem in page for option in group.glob("*.yaml")), group.name
+
+
+@pytest.mark.parametrize("module", ["benchmark", "figures", "export", "report"])
+def test_each_module_script_answers_help_with_its_usage(module, tmp_path):
+    # Not read as an override (benchmark: a Hydra parse error), a data folder (figures) or a sweep folder (report)
+    proc = subprocess.run([sys.executable, "-m", f"draw.{module}", "--help"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and f"python -m draw.{module}" in proc.stdout and not proc.stderr.strip(), proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_max_epochs_minus_one_trains_until_another_limit_stops_it(tiny_mnist, tmp_path):
@@ -56,8 +68,6 @@ def test_logger_choice_and_the_validation_history_every_run_keeps(logger, writes
 @pytest.mark.slow
 def test_a_wheel_install_composes_and_runs_from_outside_the_repository(tmp_path):
     import shutil
-    import subprocess
-    import sys
 
     source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
     for name in ("conf", "draw", "pyproject.toml", "README.md"):
