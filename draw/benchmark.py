@@ -1,6 +1,7 @@
 """Training and sampling speed, measured the same way by users and by us:
 
     python -m draw.benchmark [train.py overrides ...]      # e.g. attention=none model.T=64 data.batch_size=100
+    python -m draw.benchmark --profile [overrides ...]     # and where a step's time goes, op by op (stderr)
 
 Times whole training steps (forward, backward, gradient clipping, Adam) on synthetic binary images after
 warm-up, and prior sampling of 64 images, and prints one JSON line per configuration. With no overrides
@@ -15,6 +16,7 @@ and the share of it the step reaches (share_of_ceiling). Shares, unlike images p
 on a machine whose speed moves.
 """
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -22,6 +24,7 @@ import sys
 import time
 
 import torch
+import torch._inductor.config as inductor_config
 import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -96,7 +99,19 @@ def ceiling_seconds(model: DRAW, batch: int, device: str, repeats: int = 5) -> f
     return median_seconds(matmuls, repeats, device)
 
 
-def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, sample_n: int = 64) -> dict:
+def print_profile(train_step, steps: int = 3, rows: int = 30) -> None:
+    """torch.profiler over a few training steps: the ops (and, compiled on a CPU, each fused kernel) by own time."""
+    from torch.profiler import profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # not the profiler's "gpuGetDeviceCount failed" on a CPU
+    with profile() as prof:
+        for _ in range(steps):
+            train_step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=70), file=sys.stderr)
+
+
+def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, sample_n: int = 64,
+              profile: bool = False) -> dict:
     validate_train_config(cfg)
     prepare_device(cfg)
     torch.manual_seed(cfg.seed)
@@ -104,6 +119,8 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
     precision = str(cfg.trainer.precision)
     module = build_module(cfg).to(device)
     if cfg.compile:
+        if profile:
+            inductor_config.cpp.enable_kernel_profile = True  # each fused kernel by name in the profile
         module.model.compile_steps(cfg.compile_steps_per_call)
     model, optimizer = module.model, build_optimizer(module.parameters(), module.hparams.optim)
     batch = cfg.data.batch_size
@@ -127,6 +144,8 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
     first_step_s = median_seconds(train_step, 1, device)
     median_seconds(train_step, warmup, device)
     step_s = median_seconds(train_step, steps, device)
+    if profile:
+        print_profile(train_step)
     median_seconds(sample, 1, device)
     sample_s = median_seconds(sample, max(3, steps), device)
     return {
@@ -181,11 +200,13 @@ def benchmark_classifier(cfg: DictConfig, overrides, module, optimizer, device: 
 @exit_on_user_error
 def main(argv) -> None:
     exit_with_help_if_asked(argv, __doc__)
+    profile = "--profile" in argv
+    argv = [arg for arg in argv if arg != "--profile"]
     if not argv:  # each configuration in a process of its own, so that peak memory is its own
         for overrides in PAPER_CONFIGS:
-            subprocess.run([sys.executable, "-m", "draw.benchmark", *overrides], check=True)
+            subprocess.run([sys.executable, "-m", "draw.benchmark", *(["--profile"] if profile else []), *overrides], check=True)
         return
-    print(json.dumps(benchmark(compose_config(argv), argv)), flush=True)
+    print(json.dumps(benchmark(compose_config(argv), argv, profile=profile)), flush=True)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,16 @@ def test_benchmark_prints_one_json_line_per_configuration(data):
     assert result["ceiling_images_per_s"] > 0 and 0 < result["share_of_ceiling"] < 1.5
 
 
+def test_benchmark_profile_says_where_a_steps_time_goes():
+    overrides = ["model.T=2", "model.enc_size=16", "model.dec_size=16", "model.z_size=4", "data.batch_size=8", "compile=false"]
+    proc = subprocess.run([sys.executable, "-m", "draw.benchmark", "--profile", *overrides], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert json.loads(line)["config"] == " ".join(overrides)  # the flag is not an override
+    assert "Self CPU" in proc.stderr and "aten::addmm" in proc.stderr and "gpuGetDeviceCount" not in proc.stderr
+
+
 def test_export_keeps_what_sampling_needs(trained_run, tmp_path):
     _, run, _ = trained_run
     src, dst = run / "checkpoints" / "last.ckpt", tmp_path / "small.ckpt"
