@@ -125,7 +125,7 @@ def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, s
     model, optimizer = module.model, build_optimizer(module.parameters(), module.hparams.optim)
     batch = cfg.data.batch_size
     if cfg.task.name == "classify":
-        return benchmark_classifier(cfg, overrides, module, optimizer, device, steps, warmup)
+        return benchmark_classifier(cfg, overrides, module, optimizer, device, steps, warmup, profile)
     x = torch.bernoulli(torch.full((batch, cfg.model.channels, cfg.model.height, cfg.model.width), 0.13, device=device))
 
     def autocast():
@@ -171,7 +171,8 @@ def machine(precision: str, device: str) -> dict:
     }
 
 
-def benchmark_classifier(cfg: DictConfig, overrides, module, optimizer, device: str, steps: int, warmup: int) -> dict:
+def benchmark_classifier(cfg: DictConfig, overrides, module, optimizer, device: str, steps: int, warmup: int,
+                         profile: bool = False) -> dict:
     """Training steps of a classifier on cluttered images, and making a batch of them from MNIST-sized digits."""
     d = cfg.data
     digits = (torch.rand(1000, 28, 28) < 0.15).to(torch.uint8) * 255  # stand-ins: the cost does not depend on the strokes
@@ -187,6 +188,8 @@ def benchmark_classifier(cfg: DictConfig, overrides, module, optimizer, device: 
 
     median_seconds(train_step, warmup, device)
     step_s = median_seconds(train_step, steps, device)
+    if profile:
+        print_profile(train_step)
     data_s = median_seconds(make_batch, max(3, steps), "cpu")
     return {
         "config": " ".join(overrides),

@@ -28,8 +28,11 @@ def test_benchmark_prints_one_json_line_per_configuration(data):
     assert result["ceiling_images_per_s"] > 0 and 0 < result["share_of_ceiling"] < 1.5
 
 
-def test_benchmark_profile_says_where_a_steps_time_goes():
-    overrides = ["model.T=2", "model.enc_size=16", "model.dec_size=16", "model.z_size=4", "data.batch_size=8", "compile=false"]
+@pytest.mark.parametrize("overrides", [
+    ["model.T=2", "model.enc_size=16", "model.dec_size=16", "model.z_size=4", "data.batch_size=8", "compile=false"],
+    ["task=classify", "model.glimpses=2", "model.read_n=4", "model.hidden_size=8", "data.batch_size=8"],
+])
+def test_benchmark_profile_says_where_a_steps_time_goes(overrides):
     proc = subprocess.run([sys.executable, "-m", "draw.benchmark", "--profile", *overrides], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
