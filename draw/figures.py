@@ -139,11 +139,16 @@ def training_images(data: str, data_dir: str, module: DRAWModule) -> torch.Tenso
     return DATA[data](data_dir=data_dir, height=cfg.height, width=cfg.width).images(train=True)
 
 
+def generated(module: DRAWModule, n: int) -> torch.Tensor:
+    """n images drawn from the prior: every step's canvas, (T, n, [C,] H, W) probabilities, on the CPU."""
+    with torch.no_grad():
+        canvases, _ = module.model.sample(n)
+    return canvases.cpu()
+
+
 def nearest_figure(module: DRAWModule, training_images: torch.Tensor, n: int) -> torch.Tensor:
     """Fig. 6: n rows of n generated images, each row followed by the training image nearest to its last one."""
-    with torch.no_grad():
-        canvases, _ = module.model.sample(n * n)
-    samples = canvases[-1].cpu()  # (n*n, [C,] H, W) probabilities
+    samples = generated(module, n * n)[-1]  # (n*n, [C,] H, W)
     rows = samples.view(n, n, *samples.shape[1:])
     index, _ = nearest_neighbours(rows[:, -1], training_images.float() / 255)
     nearest = (training_images[index].float() / 255).view(n, 1, *samples.shape[1:])
@@ -152,18 +157,15 @@ def nearest_figure(module: DRAWModule, training_images: torch.Tensor, n: int) ->
 
 def sequences_figure(module: DRAWModule, n: int, columns: int = 10) -> torch.Tensor:
     """Fig. 7: n generated images, one per row, over `columns` steps evenly spaced to the last."""
-    with torch.no_grad():
-        canvases, _ = module.model.sample(n)  # (T, n, ...)
+    canvases = generated(module, n)
     T = len(canvases)
     steps = torch.linspace(0, T - 1, min(columns, T)).round().long()
-    return viz.steps_picture(canvases[steps].cpu().view(len(steps), n, *image_shape(module.model.cfg)))
+    return viz.steps_picture(canvases[steps].view(len(steps), n, *image_shape(module.model.cfg)))
 
 
 def samples_figure(module: DRAWModule, n: int) -> torch.Tensor:
     """Fig. 8: n x n generated images, the last canvas of each."""
-    with torch.no_grad():
-        canvases, _ = module.model.sample(n * n)
-    return viz.grid(canvases[-1].cpu(), nrow=n)
+    return viz.grid(generated(module, n * n)[-1], nrow=n)
 
 
 def make_figures(cfg) -> Path:

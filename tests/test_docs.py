@@ -30,8 +30,10 @@ def test_documented_command_composes(command):
     # Placeholders a reader fills in (RUN, PATH, DATE/TIME, /path/to/...) stand for a path.
     overrides = [re.sub(r"=.*(RUN|PATH|DATE|/path/to).*", "=placeholder", w) for w in overrides]
     # A sweep's comma list: each value must compose; the first stands for them all here ({...} and [...] are one value).
-    single = [w.split("=")[0] + "=" + w.split("=", 1)[1].split(",")[0] if "," in w and w.split("=", 1)[1][:1] not in "[{" else w
-              for w in overrides]
+    single = []
+    for w in overrides:
+        key, value = w.split("=", 1)
+        single.append(f"{key}={value.split(',')[0]}" if not value.startswith(("[", "{")) else w)
     if script == "sample.py":
         compose_any(single, config_name="sample")
         return
