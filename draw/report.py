@@ -2,7 +2,13 @@
 
 Written by a Hydra callback when a multirun ends, or by hand on any sweep folder, finished or not:
     python -m draw.report multirun/DATE/TIME
+
+Or draw the validation curves of runs carried in legs (each run started from the one before it, by init_from=)
+on one epoch axis, with reference lines:
+    python -m draw.report --legs curves.png "attention=runs/leg1,runs/leg2" "no attention=runs/none" \
+        --mark "paper, attention=80.97" --mark "paper, no attention=87.40" --ylim 78 100
 """
+import argparse
 import csv
 import json
 import logging
@@ -14,7 +20,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from draw.errors import exit_with_help_if_asked
+from draw.errors import UserError, exit_on_user_error, exit_with_help_if_asked
 
 # TensorBoard's event reader logs every file it opens ("Directory watcher advancing ...") at INFO.
 logging.getLogger("tensorboard").setLevel(logging.WARNING)
@@ -150,21 +156,19 @@ def write_summary(sweep_dir) -> list:
     return rows
 
 
-def plot_curves(rows: list, path: Path, ylabel: str = AXES["val/nll"]) -> None:
+def _axes():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # Against epochs where every job validated once an epoch (runs compare at equal epochs), else against steps.
-    by_epoch = all(len({e for _, e, _ in row["curve"]}) == len(row["curve"]) and None not in {e for _, e, _ in row["curve"]}
-                   for row in rows)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for row in rows:
-        if row["curve"]:
-            steps, epochs, values = zip(*row["curve"])
-            ax.plot(epochs if by_epoch else steps, values, marker="o", markersize=3, label=row["overrides"])
-    ax.set_xlabel("epoch" if by_epoch else "optimizer step")
+    return plt.subplots(figsize=(8, 5))
+
+
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -172,6 +176,73 @@ def plot_curves(rows: list, path: Path, ylabel: str = AXES["val/nll"]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_curves(rows: list, path: Path, ylabel: str = AXES["val/nll"]) -> None:
+    # Against epochs where every job validated once an epoch (runs compare at equal epochs), else against steps.
+    by_epoch = all(len({e for _, e, _ in row["curve"]}) == len(row["curve"]) and None not in {e for _, e, _ in row["curve"]}
+                   for row in rows)
+    fig, ax = _axes()
+    for row in rows:
+        if row["curve"]:
+            steps, epochs, values = zip(*row["curve"])
+            ax.plot(epochs if by_epoch else steps, values, marker="o", markersize=3, label=row["overrides"])
+    _save(fig, ax, path, "epoch" if by_epoch else "optimizer step", ylabel)
+
+
+def chained_curves(runs: list) -> list:
+    """(run folder, epochs, values) for each run of a chain of legs, its epochs counted on from where the leg before
+    it ended, so that the chain reads as one run of as many epochs as its legs together."""
+    legs, offset = [], 0
+    for run in map(Path, runs):
+        curve = [(epoch, value) for _, epoch, value in val_curve(run)] if (run / "validation.csv").is_file() else []
+        if not curve:
+            raise UserError(f"{run} holds no validation history (validation.csv): give a run folder of train.py")
+        epochs, values = zip(*curve)
+        legs.append((run, [offset + e for e in epochs], list(values)))
+        offset += max(epochs)
+    return legs
+
+
+def plot_legs(series: dict, path: Path, marks: dict, ylim: tuple = None) -> None:
+    """`series`: a label for each chain and its run folders in order; `marks`: horizontal reference lines by label;
+    `ylim`: the value axis' (bottom, top), where the first epochs would squeeze the long tail flat."""
+    fig, ax = _axes()
+    for label, runs in series.items():
+        for run, epochs, values in chained_curves(runs):
+            ax.plot(epochs, values, marker="o", markersize=3, label=f"{label}: {run.name}")
+    for label, value in marks.items():
+        ax.axhline(value, linestyle=":", color="grey")
+        ax.annotate(f"{label}: {value:g}", (0.01, value), xycoords=("axes fraction", "data"), xytext=(0, 3),
+                    textcoords="offset points", fontsize=8, color="grey")
+    ax.set_ylim(ylim)
+    _save(fig, ax, path, "epoch (of the chain)", AXES["val/nll"])
+
+
+def _labelled(spec: str) -> tuple:
+    label, sep, value = spec.rpartition("=")
+    if not sep or not label or not value:
+        raise UserError(f"{spec!r} is not LABEL=VALUE (as \"attention=runs/leg1,runs/leg2\" or \"paper=80.97\")")
+    return label, value
+
+
+@exit_on_user_error
+def legs_main(argv: list) -> None:
+    parser = argparse.ArgumentParser(prog="python -m draw.report --legs", description="validation curves of chains of legs")
+    parser.add_argument("out", help="the picture to write (.png)")
+    parser.add_argument("series", nargs="+", metavar="LABEL=RUN[,RUN...]", help="a chain's label and its run folders in order")
+    parser.add_argument("--mark", action="append", default=[], metavar="LABEL=VALUE", help="a horizontal reference line")
+    parser.add_argument("--ylim", type=float, nargs=2, metavar=("BOTTOM", "TOP"), help="the value axis' range")
+    args = parser.parse_args(argv)
+    series = {label: runs.split(",") for label, runs in map(_labelled, args.series)}
+    marks = {}
+    for label, value in map(_labelled, args.mark):
+        try:
+            marks[label] = float(value)
+        except ValueError:
+            raise UserError(f"--mark {label}={value}: the value must be a number, as --mark \"paper=80.97\"") from None
+    plot_legs(series, Path(args.out), marks, args.ylim)
+    print(f"wrote {args.out}")
 
 
 class SweepSummary(Callback):
@@ -189,6 +260,9 @@ class SweepSummary(Callback):
 
 if __name__ == "__main__":
     exit_with_help_if_asked(sys.argv[1:], __doc__)
+    if sys.argv[1:2] == ["--legs"]:
+        legs_main(sys.argv[2:])
+        sys.exit(0)
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m draw.report SWEEP_DIR")
     write_summary(sys.argv[1])

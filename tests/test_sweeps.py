@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import ROOT, TINY_RUN, job_folder, run_script
-from draw.report import write_summary
+from draw.report import chained_curves, write_summary
 
 TINY_SWEEP = [o for o in TINY_RUN if not o.startswith("model.T=")]
 
@@ -141,3 +141,26 @@ def test_report_labels_jobs_by_what_they_are_not_where_they_resumed_from(tmp_pat
         (sweep / name / "metrics.json").write_text('{"test/nll": 90.0, "status": "completed"}')
     rows = {r["job"]: r["overrides"] for r in write_summary(sweep)}
     assert rows == {"a": "attention=none", "b": "attention=read"}
+
+
+def test_legs_carry_on_each_others_epochs_in_one_picture(tmp_path):
+    for name, values in (("leg1", [100.0, 95.0, 93.0]), ("leg2", [94.0, 91.0])):
+        (tmp_path / name).mkdir()
+        rows = "".join(f"{epoch},{epoch * 10},{value}\n" for epoch, value in enumerate(values, 1))
+        (tmp_path / name / "validation.csv").write_text("epoch,step,val/nll\n" + rows)
+    legs = chained_curves([tmp_path / "leg1", tmp_path / "leg2"])
+    assert [(run.name, epochs, values) for run, epochs, values in legs] == [
+        ("leg1", [1, 2, 3], [100.0, 95.0, 93.0]), ("leg2", [4, 5], [94.0, 91.0])]
+
+    def report(*args):
+        return subprocess.run([sys.executable, "-m", "draw.report", "--legs", str(tmp_path / "chain.png"), *args],
+                              capture_output=True, text=True, cwd=tmp_path)
+
+    proc = report("attention=leg1,leg2", "none=leg2", "--mark", "paper=80.97", "--ylim", "78", "100")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "chain.png").read_bytes()[:4] == b"\x89PNG"
+    for args, says in ((["attention=leg1,gone"], "gone holds no validation history"), (["leg1"], "is not LABEL=VALUE"),
+                       (["a=leg1", "--mark", "paper=high"], "the value must be a number")):
+        proc = report(*args)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and says in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
