@@ -99,15 +99,40 @@ def ceiling_seconds(model: DRAW, batch: int, device: str, repeats: int = 5) -> f
     return median_seconds(matmuls, repeats, device)
 
 
+# What a step's own time goes to, by the profiler's op names (the first group whose prefix a name has).
+PROFILE_GROUPS = {
+    "matmuls (addmm, mm)": ("aten::addmm", "aten::mm"),
+    "batched matmuls (bmm)": ("aten::bmm",),
+    "fused element-wise kernels": ("cpp_fused", "triton_"),
+    "cat": ("aten::cat",),
+    "compiled graphs' calls": ("CompiledFunction", "Torch-Compiled Region", "TorchDynamo"),
+    "the optimizer": ("Optimizer.", "aten::_foreach"),
+}
+
+
+def profile_shares(events) -> dict:
+    """Each group's share of the profiled own (self) CPU time, and "the rest"; from profile().key_averages()."""
+    shares = dict.fromkeys([*PROFILE_GROUPS, "the rest"], 0.0)
+    for event in events:
+        group = next((g for g, prefixes in PROFILE_GROUPS.items() if event.key.startswith(prefixes)), "the rest")
+        shares[group] += event.self_cpu_time_total
+    total = sum(shares.values()) or 1.0
+    return {group: time / total for group, time in shares.items()}
+
+
 def print_profile(train_step, steps: int = 3, rows: int = 30) -> None:
-    """torch.profiler over a few training steps: the ops (and, compiled on a CPU, each fused kernel) by own time."""
+    """torch.profiler over a few training steps: the ops (and, compiled on a CPU, each fused kernel) by own time,
+    then those summed by kind."""
     from torch.profiler import profile
 
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # not the profiler's "gpuGetDeviceCount failed" on a CPU
     with profile() as prof:
         for _ in range(steps):
             train_step()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=70), file=sys.stderr)
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=70), file=sys.stderr)
+    shares = profile_shares(events)
+    print("own time by kind: " + ", ".join(f"{group} {share:.1%}" for group, share in shares.items()), file=sys.stderr)
 
 
 def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, sample_n: int = 64,

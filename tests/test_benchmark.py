@@ -1,10 +1,12 @@
 import json
 import subprocess
 import sys
+from collections import namedtuple
 
 import pytest
 
 from conftest import ROOT
+from draw.benchmark import PROFILE_GROUPS, profile_shares
 from draw.export import export
 from draw.sample import load_module
 
@@ -39,6 +41,20 @@ def test_benchmark_profile_says_where_a_steps_time_goes(overrides):
     (line,) = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert json.loads(line)["config"] == " ".join(overrides)  # the flag is not an override
     assert "Self CPU time total" in proc.stderr and "aten::" in proc.stderr and "gpuGetDeviceCount" not in proc.stderr
+    (kinds,) = [line for line in proc.stderr.splitlines() if line.startswith("own time by kind: ")]
+    shares = [float(part.rsplit(" ", 1)[1].rstrip("%")) for part in kinds.removeprefix("own time by kind: ").split(", ")]
+    assert len(shares) == len(PROFILE_GROUPS) + 1 and abs(sum(shares) - 100) < 0.5 and shares[0] > 0  # some addmm/mm
+
+
+def test_profile_shares_sum_each_kind_of_op():
+    Event = namedtuple("Event", "key self_cpu_time_total")
+    events = [Event("aten::addmm", 50.0), Event("aten::mm", 10.0), Event("cpp_fused_sigmoid_tanh_3", 20.0),
+              Event("aten::bmm", 5.0), Event("CompiledFunctionBackward", 5.0), Event("aten::empty", 10.0)]
+    shares = profile_shares(events)
+    assert shares["matmuls (addmm, mm)"] == pytest.approx(0.6)
+    assert shares["fused element-wise kernels"] == pytest.approx(0.2)
+    assert shares["batched matmuls (bmm)"] == shares["compiled graphs' calls"] == pytest.approx(0.05)
+    assert shares["the rest"] == pytest.approx(0.1) and shares["the optimizer"] == 0
 
 
 def test_export_keeps_what_sampling_needs(trained_run, tmp_path):
