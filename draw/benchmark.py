@@ -132,7 +132,7 @@ def print_profile(train_step, steps: int = 3, rows: int = 30) -> None:
     events = prof.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=70), file=sys.stderr)
     shares = profile_shares(events)
-    print("own time by kind: " + ", ".join(f"{group} {share:.1%}" for group, share in shares.items()), file=sys.stderr)
+    print("own time by kind: " + "; ".join(f"{group} {share:.1%}" for group, share in shares.items()), file=sys.stderr)
 
 
 def benchmark(cfg: DictConfig, overrides=(), steps: int = 10, warmup: int = 3, sample_n: int = 64,

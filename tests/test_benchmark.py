@@ -42,7 +42,7 @@ def test_benchmark_profile_says_where_a_steps_time_goes(overrides):
     assert json.loads(line)["config"] == " ".join(overrides)  # the flag is not an override
     assert "Self CPU time total" in proc.stderr and "aten::" in proc.stderr and "gpuGetDeviceCount" not in proc.stderr
     (kinds,) = [line for line in proc.stderr.splitlines() if line.startswith("own time by kind: ")]
-    shares = [float(part.rsplit(" ", 1)[1].rstrip("%")) for part in kinds.removeprefix("own time by kind: ").split(", ")]
+    shares = [float(part.rsplit(" ", 1)[1].rstrip("%")) for part in kinds.removeprefix("own time by kind: ").split("; ")]
     assert len(shares) == len(PROFILE_GROUPS) + 1 and abs(sum(shares) - 100) < 0.5 and shares[0] > 0  # some addmm/mm
 
 
