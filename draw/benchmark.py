@@ -103,9 +103,9 @@ def ceiling_seconds(model: DRAW, batch: int, device: str, repeats: int = 5) -> f
 PROFILE_GROUPS = {
     "matmuls (addmm, mm)": ("aten::addmm", "aten::mm"),
     "batched matmuls (bmm)": ("aten::bmm",),
-    "fused element-wise kernels": ("cpp_fused", "triton_"),
+    "fused element-wise kernels": ("cpp_fused", "graph_", "triton_"),  # inductor's kernels (CPU: graph_N_cpp_fused_...)
     "cat": ("aten::cat",),
-    "compiled graphs' calls": ("CompiledFunction", "Torch-Compiled Region", "TorchDynamo"),
+    "compiled graphs' calls": ("CompiledFunction", "## Call CompiledFxGraph", "Torch-Compiled Region", "TorchDynamo"),
     "the optimizer": ("Optimizer.", "aten::_foreach"),
 }
 
