@@ -195,9 +195,9 @@ def chained_curves(runs: list) -> list:
     it ended, so that the chain reads as one run of as many epochs as its legs together."""
     legs, offset = [], 0
     for run in map(Path, runs):
-        curve = [(epoch, value) for _, epoch, value in val_curve(run)] if (run / "validation.csv").is_file() else []
+        curve = [(epoch, value) for _, epoch, value in val_curve(run) if epoch is not None]
         if not curve:
-            raise UserError(f"{run} holds no validation history (validation.csv): give a run folder of train.py")
+            raise UserError(f"{run} holds no validation history by epoch (validation.csv): give a run folder of train.py")
         epochs, values = zip(*curve)
         legs.append((run, [offset + e for e in epochs], list(values)))
         offset += max(epochs)
