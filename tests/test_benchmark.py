@@ -4,6 +4,7 @@ import sys
 from collections import namedtuple
 
 import pytest
+import torch
 
 from conftest import ROOT
 from draw.benchmark import PROFILE_GROUPS, profile_shares
@@ -64,6 +65,21 @@ def test_export_keeps_what_sampling_needs(trained_run, tmp_path):
     assert dst.stat().st_size < src.stat().st_size
     module, mode, _ = load_module(dst)
     assert module.model.cfg.T == 3 and mode == "prior"
+
+
+def test_export_half_halves_the_weights_and_loads_them_as_float32(trained_run, tmp_path):
+    _, run, _ = trained_run
+    src = run / "checkpoints" / "last.ckpt"
+    export(src, tmp_path / "full.ckpt")
+    export(src, tmp_path / "half.ckpt", half=True)
+    full = torch.load(tmp_path / "full.ckpt", weights_only=True)["state_dict"]
+    half = torch.load(tmp_path / "half.ckpt", weights_only=True)["state_dict"]
+    assert all(weight.dtype == torch.float16 for weight in half.values())
+    assert sum(w.nbytes for w in half.values()) * 2 == sum(w.nbytes for w in full.values())
+    module, _, _ = load_module(tmp_path / "half.ckpt")
+    for name, weight in module.state_dict().items():
+        assert weight.dtype == torch.float32
+        torch.testing.assert_close(weight, full[name], rtol=1e-3, atol=1e-4)
 
 
 def test_benchmark_of_a_classifier_times_its_steps_and_its_data():
