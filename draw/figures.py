@@ -2,7 +2,7 @@
 
     python -m draw.figures [paths.data_dir=/path/to/mnist] [out=docs/figures] [draw=CKPT] [sequences=CKPT ...]
     python -m draw.figures data=svhn draw=CKPT paths.data_dir=/path/to/data out=figures_svhn   # Figs. 9, 10, 12
-    python -m draw.figures sequences=CKPT two_digit=null   # Fig. 7 from a model without attention; no two-digit model
+    python -m draw.figures sequences=CKPT two_digit=null   # Fig. 7 from another model; no two-digit model
 
 filterbank.png (Fig. 3): a 3x3 grid of filters on an image, and 12x12 patches read from it at three strides and
 variances. zoom.png (Fig. 4): a 100x100 image, 12x12 patches read with 144 filters at several zooms, and the image
@@ -39,8 +39,8 @@ log = logging.getLogger("draw")
 
 DEFAULTS = {"out": "docs/figures", "paths": {"data_dir": "data"}, "data": "mnist", "draw": "pretrained:draw_mnist",
             "sequences": None, "two_digit": None, "classifier": "pretrained:glimpse_cluttered_mnist", "n": 8, "seed": 0}
-# With data=mnist, Fig. 8 is the shipped two-digit model's (Fig. 7, drawing without attention: sequences=CKPT).
-MNIST_DEFAULTS = {"two_digit": "pretrained:draw_two_digit_mnist"}
+# With data=mnist, Fig. 7 is the shipped model without attention's, Fig. 8 the shipped two-digit model's.
+MNIST_DEFAULTS = {"sequences": "pretrained:draw_mnist_noattention", "two_digit": "pretrained:draw_two_digit_mnist"}
 # The data sets whose training images the generated ones are compared with (data=).
 DATA = {"mnist": MNISTDataModule, "svhn": SVHNDataModule, "cifar10": CIFAR10DataModule}
 

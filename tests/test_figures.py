@@ -47,7 +47,8 @@ def test_make_figures_writes_every_figure_and_its_index(trained_run, tiny_mnist,
 
 def test_figures_take_the_shipped_mnist_models_for_mnist_only():
     mnist = figures.figures_config([])
-    assert (mnist.sequences, mnist.two_digit) == (None, "pretrained:draw_two_digit_mnist")
+    assert (mnist.sequences, mnist.two_digit) == ("pretrained:draw_mnist_noattention", "pretrained:draw_two_digit_mnist")
     assert figures.figures_config(["two_digit=null"]).two_digit is None
+    assert figures.figures_config(["sequences=run.ckpt"]).sequences == "run.ckpt"
     colour = figures.figures_config(["data=cifar10", "draw=run.ckpt"])
     assert (colour.sequences, colour.two_digit) == (None, None)
