@@ -176,14 +176,19 @@ class SaveOnInterrupt(pl.Callback):
 
     The cluster's pre-emption signal (PREEMPTION_SIGNAL), where a handler for it is already installed, is held the same
     way: at the batch's end last.ckpt is saved, then that handler takes over (submitit's requeues the job, whose next
-    start resumes from last.ckpt, and exits)."""
+    start resumes from last.ckpt, and exits).
+
+    A checkpoint taken in the middle of a fit's validation resumes past that validation (the epoch's validation NLL and
+    best checkpoint lost; early stopping, finding no metric, crashes). So SIGTERM there is held to the validation's end
+    (a minute at most on the paper's models), after which Lightning stops at the epoch's end; anything else that stops
+    a validation (a second Ctrl-C) keeps the last.ckpt already written rather than saving one there."""
 
     def __init__(self, dirpath):
         self.path = Path(dirpath) / "last.ckpt"
-        self._ctrl_c, self._preempted, self._replaced = False, False, {}
+        self._ctrl_c, self._preempted, self._sigterm_held, self._replaced = False, False, False, {}
 
     def on_train_start(self, trainer, module):
-        self._ctrl_c, self._preempted = False, False
+        self._ctrl_c, self._preempted, self._sigterm_held = False, False, False
         if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
             return
         # A process that ignores SIGINT (a shell's background job) keeps ignoring it.
@@ -220,6 +225,17 @@ class SaveOnInterrupt(pl.Callback):
             self._restore_handlers()
             handler(PREEMPTION_SIGNAL, None)
 
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
+        # Lightning checks its SIGTERM flag right after this hook and would stop here; lowered until the validation ends.
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.received_sigterm:
+            if not self._sigterm_held:
+                logging.getLogger("draw").info("SIGTERM: stopping when this validation ends")
+            trainer._signal_connector.received_sigterm, self._sigterm_held = False, True
+
+    def on_validation_end(self, trainer, module):
+        if self._sigterm_held:
+            trainer._signal_connector.received_sigterm, self._sigterm_held = True, False
+
     def on_train_end(self, trainer, module):
         self._restore_handlers()  # a pre-emption held past the last batch: training is done, the test is short
         if self._ctrl_c:  # held past the last batch: the run still stops as a Ctrl-C-ed one, not tested as finished
@@ -233,6 +249,10 @@ class SaveOnInterrupt(pl.Callback):
     def on_exception(self, trainer, module, exception):
         self._restore_handlers()
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == "fit":
+            if trainer.validating:
+                if trainer.is_global_zero:
+                    logging.getLogger("draw").info(f"interrupted during validation: kept {self.path} as it was")
+                return
             self._save(trainer)
 
     def _save(self, trainer):

@@ -256,6 +256,57 @@ def test_resume_after_a_kill_between_the_last_step_and_validation_keeps_that_val
     assert validations.at_steps == [10, 20, 30] and trainer.global_step == 30
 
 
+
+class SignalDuringValidation(Callback):
+    """SIGTERM (or Ctrl-C) to this process in the middle of the validation at `step`."""
+
+    def __init__(self, signum, step=10):
+        self.signum, self.step = signum, step
+
+    def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
+        if trainer.global_step == self.step and batch_idx == 0 and not trainer.sanity_checking:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_sigterm_during_validation_stops_after_it_and_resumes_with_every_validation(tiny_mnist, tmp_path):
+    from pytorch_lightning.callbacks import EarlyStopping
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from draw.callbacks import SaveOnInterrupt
+
+    data = lambda: MNISTDataModule(data_dir=str(tiny_mnist), batch_size=20, val_size=40)  # noqa: E731 -- 10 steps, 2 validation batches
+    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                 num_sanity_val_steps=0, enable_checkpointing=False)
+    before = Validations()
+    with pytest.raises(SIGTERMException):
+        Trainer(max_epochs=3, callbacks=[SaveOnInterrupt(tmp_path), SignalDuringValidation(signal.SIGTERM), before],
+                **quiet).fit(tiny_module(), data())
+    assert before.at_steps == [10]  # the validation under way ran to its end
+    assert read_checkpoint(tmp_path / "last.ckpt")["global_step"] == 10
+    after = Validations()  # early stopping needs each epoch's val/nll: it crashed on a checkpoint taken mid-validation
+    trainer = Trainer(max_epochs=3, callbacks=[after, EarlyStopping("val/nll")], **quiet)
+    trainer.fit(tiny_module(), data(), ckpt_path=tmp_path / "last.ckpt", weights_only=True)
+    assert after.at_steps == [20, 30] and trainer.global_step == 30
+
+
+class StopDuringValidation(Callback):
+    """A second Ctrl-C (which stops at once) in the middle of the validation at step 10."""
+
+    def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
+        if trainer.global_step == 10 and batch_idx == 1 and not trainer.sanity_checking:
+            raise KeyboardInterrupt
+
+
+def test_a_stop_during_validation_keeps_the_last_checkpoint_rather_than_one_taken_there(tiny_mnist, tmp_path):
+    from draw.callbacks import LastCheckpoint, SaveOnInterrupt
+
+    data = MNISTDataModule(data_dir=str(tiny_mnist), batch_size=20, val_size=40)
+    callbacks = [LastCheckpoint(tmp_path, every_n_steps=5), SaveOnInterrupt(tmp_path), StopDuringValidation()]
+    with pytest.raises(SystemExit):  # Lightning's exit after a KeyboardInterrupt
+        Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                default_root_dir=tmp_path, callbacks=callbacks).fit(tiny_module(), data)
+    assert read_checkpoint(tmp_path / "last.ckpt")["global_step"] == 5
+
 class Poison(Callback):
     """Makes the loss (a NaN pixel in the batch) or one gradient non-finite at the given batches."""
 
