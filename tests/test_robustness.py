@@ -256,16 +256,12 @@ def test_resume_after_a_kill_between_the_last_step_and_validation_keeps_that_val
     assert validations.at_steps == [10, 20, 30] and trainer.global_step == 30
 
 
-
-class SignalDuringValidation(Callback):
-    """SIGTERM (or Ctrl-C) to this process in the middle of the validation at `step`."""
-
-    def __init__(self, signum, step=10):
-        self.signum, self.step = signum, step
+class SigtermDuringValidation(Callback):
+    """A real SIGTERM to this process at the first batch of the validation at step 10 (of two batches)."""
 
     def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
-        if trainer.global_step == self.step and batch_idx == 0 and not trainer.sanity_checking:
-            os.kill(os.getpid(), self.signum)
+        if trainer.global_step == 10 and batch_idx == 0 and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_sigterm_during_validation_stops_after_it_and_resumes_with_every_validation(tiny_mnist, tmp_path):
@@ -279,7 +275,7 @@ def test_sigterm_during_validation_stops_after_it_and_resumes_with_every_validat
                  num_sanity_val_steps=0, enable_checkpointing=False)
     before = Validations()
     with pytest.raises(SIGTERMException):
-        Trainer(max_epochs=3, callbacks=[SaveOnInterrupt(tmp_path), SignalDuringValidation(signal.SIGTERM), before],
+        Trainer(max_epochs=3, callbacks=[SaveOnInterrupt(tmp_path), SigtermDuringValidation(), before],
                 **quiet).fit(tiny_module(), data())
     assert before.at_steps == [10]  # the validation under way ran to its end
     assert read_checkpoint(tmp_path / "last.ckpt")["global_step"] == 10
