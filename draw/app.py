@@ -29,9 +29,12 @@ PRETRAINED_PREFIX = "pretrained:"
 
 def checkpoint_path(value, key: str, output_dir="outputs") -> Optional[Path]:
     """What a checkpoint key (ckpt_path, init_from) names: pretrained:NAME, the shipped draw/pretrained/NAME.ckpt;
-    last, the newest <output_dir>/*/*/checkpoints/last.ckpt; anything else a path, as it is (None: None)."""
+    last, the newest <output_dir>/*/*/checkpoints/last.ckpt; for init_from, a run's folder, its best checkpoint (so
+    that a chain of legs is one command: init_from=runs/leg1); anything else a path, as it is (None: None)."""
     if value is None:
         return None
+    if key == "init_from" and Path(value).is_dir():
+        return best_checkpoint(Path(value), key)
     if value == "last":
         candidates = sorted(Path(output_dir).glob("*/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not candidates:
@@ -44,6 +47,15 @@ def checkpoint_path(value, key: str, output_dir="outputs") -> Optional[Path]:
         shipped = ", ".join(PRETRAINED_PREFIX + p.stem for p in sorted(PRETRAINED_DIR.glob("*.ckpt")))
         raise UserError(f"{key}={value} is not a shipped model: use one of {shipped}, or a .ckpt file's path")
     return path
+
+
+def best_checkpoint(run: Path, key: str) -> Path:
+    """The checkpoint a finished run tested: the one checkpoints/epoch*.ckpt that callbacks.best_checkpoint keeps."""
+    found = sorted((run / "checkpoints").glob("epoch*.ckpt"))
+    if len(found) != 1:
+        held = f"{len(found)} of them ({', '.join(p.name for p in found)})" if found else "none"
+        raise UserError(f"{key}={run} is a folder, whose checkpoints/epoch*.ckpt (a run's best) are {held}: give one .ckpt file's path")
+    return found[0]
 
 
 def command(script: str) -> str:

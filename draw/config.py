@@ -165,6 +165,8 @@ def configured_loggers(cfg: DictConfig) -> dict:
 def read_checkpoint(path, key: str = "ckpt_path") -> dict:
     """A train.py checkpoint loaded as data (weights_only), or one line saying why it cannot be."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{key}={path} is a folder: give a .ckpt file in it ({path}/checkpoints/last.ckpt resumes a run)")
     if not path.is_file():
         raise UserError(f"{key}={path} does not exist: give the path of a .ckpt that train.py wrote")
     try:

@@ -3,6 +3,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,6 +146,28 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(trained_run, tiny
     for name, weight in source["state_dict"].items():
         assert torch.allclose(started["state_dict"][name], weight, atol=1e-5), name
     assert not torch.allclose(fresh["state_dict"]["model.q.weight"], source["state_dict"]["model.q.weight"], atol=1e-2)
+
+
+def test_init_from_a_run_folder_is_the_checkpoint_its_test_used(trained_run, tmp_path):
+    """A chain of legs as one command (init_from=runs/leg1): a finished run's folder names its best checkpoint, the
+    one checkpoints/epoch*.ckpt it keeps. A folder holding none or several, or a folder as ckpt_path, is one line."""
+    from draw.app import checkpoint_path
+
+    _, run, _ = trained_run
+    (best,) = (run / "checkpoints").glob("epoch*.ckpt")
+    assert checkpoint_path(str(run), "init_from") == best
+    assert read_checkpoint(checkpoint_path(str(run), "init_from"), key="init_from")["epoch"] >= 0
+    several = tmp_path / "several" / "checkpoints"
+    several.mkdir(parents=True)
+    for name in ("epoch001-val_nll9.00.ckpt", "epoch002-val_nll8.00.ckpt"):
+        shutil.copy(best, several / name)
+    for folder, held in ((run / "checkpoints", "none"), (several.parent, "2 of them (epoch001-val_nll9.00.ckpt, ")):
+        line = f"init_from={folder} is a folder, whose checkpoints/epoch*.ckpt (a run's best) are {held}"
+        with pytest.raises(UserError, match=re.escape(line)):
+            checkpoint_path(str(folder), "init_from")
+    line = f"ckpt_path={run} is a folder: give a .ckpt file in it ({run}/checkpoints/last.ckpt resumes a run)"
+    with pytest.raises(UserError, match=re.escape(line)):
+        read_checkpoint(checkpoint_path(str(run), "ckpt_path"))
 
 
 @pytest.mark.parametrize("case", ["other sizes", "other task", "train=false"])
