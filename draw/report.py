@@ -208,9 +208,13 @@ def plot_legs(series: dict, path: Path, marks: dict, ylim: tuple = None) -> None
     """`series`: a label for each chain and its run folders in order; `marks`: horizontal reference lines by label;
     `ylim`: the value axis' (bottom, top), where the first epochs would squeeze the long tail flat."""
     fig, ax = _axes()
-    for label, runs in series.items():
-        for run, epochs, values in chained_curves(runs):
-            ax.plot(epochs, values, marker="o", markersize=3, label=f"{label}: {run.name}")
+    for colour, (label, runs) in enumerate(series.items()):
+        legs = chained_curves(runs)
+        names = legs[0][0].name if len(legs) == 1 else f"{legs[0][0].name} to {legs[-1][0].name}"
+        for leg, (_, epochs, values) in enumerate(legs):
+            # one colour a chain; each leg its own line, so that the restarts between them show as steps
+            ax.plot(epochs, values, marker="o", markersize=3, color=f"C{colour}",
+                    label=f"{label}: {names}" if leg == 0 else None)
     for label, value in marks.items():
         ax.axhline(value, linestyle=":", color="grey")
         ax.annotate(f"{label}: {value:g}", (0.01, value), xycoords=("axes fraction", "data"), xytext=(0, 3),

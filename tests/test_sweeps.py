@@ -143,6 +143,22 @@ def test_report_labels_jobs_by_what_they_are_not_where_they_resumed_from(tmp_pat
     assert rows == {"a": "attention=none", "b": "attention=read"}
 
 
+def test_a_chain_of_legs_is_one_colour_and_one_legend_entry(tmp_path, monkeypatch):
+    import draw.report as report
+
+    for name in ("leg1", "leg2", "other"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "validation.csv").write_text("epoch,step,val/nll\n1,10,95.0\n2,20,93.0\n")
+    drawn = []
+    monkeypatch.setattr(report, "_save", lambda fig, ax, *args: drawn.append(ax))
+    report.plot_legs({"attention": [tmp_path / "leg1", tmp_path / "leg2"], "none": [tmp_path / "other"]},
+                     tmp_path / "chain.png", marks={})
+    lines = drawn[0].get_lines()
+    assert [list(line.get_xdata()) for line in lines] == [[1, 2], [3, 4], [1, 2]]  # each leg its own line
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    assert drawn[0].get_legend_handles_labels()[1] == ["attention: leg1 to leg2", "none: other"]
+
+
 def test_legs_carry_on_each_others_epochs_in_one_picture(tmp_path):
     for name, values in (("leg1", [100.0, 95.0, 93.0]), ("leg2", [94.0, 91.0])):
         (tmp_path / name).mkdir()
