@@ -144,6 +144,8 @@ def test_report_labels_jobs_by_what_they_are_not_where_they_resumed_from(tmp_pat
 
 
 def test_a_chain_of_legs_is_one_colour_and_one_legend_entry(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
     import draw.report as report
 
     for name in ("leg1", "leg2", "other"):
@@ -157,6 +159,7 @@ def test_a_chain_of_legs_is_one_colour_and_one_legend_entry(tmp_path, monkeypatc
     assert [list(line.get_xdata()) for line in lines] == [[1, 2], [3, 4], [1, 2]]  # each leg its own line
     assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
     assert drawn[0].get_legend_handles_labels()[1] == ["attention: leg1 to leg2", "none: other"]
+    plt.close(drawn[0].figure)  # what the stubbed-out _save would have done
 
 
 def test_legs_carry_on_each_others_epochs_in_one_picture(tmp_path):
