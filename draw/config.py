@@ -218,9 +218,12 @@ def load_weights(module, checkpoint: dict, path) -> None:
             raise UserError(f"init_from={path} does not fit this model: its {name} is {tuple(weight.shape)}, "
                             f"this run's {have}: give the model the checkpoint's sizes")
     missing = sorted(set(own) - set(checkpoint["state_dict"]))
-    if missing:
+    # A learned prior (model.learned_prior) added to a paper model keeps its start, N(0, I): the model's own bound.
+    prior_added = {name for name in missing if name.startswith("model.prior.")}
+    if set(missing) - prior_added:
+        missing = sorted(set(missing) - prior_added)
         raise UserError(f"init_from={path} lacks weights this model has ({', '.join(missing[:3])}): give the model the checkpoint's sizes")
-    module.load_state_dict(checkpoint["state_dict"])
+    module.load_state_dict(checkpoint["state_dict"], strict=not prior_added)
 
 
 def check_writable(folder) -> None:

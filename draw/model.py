@@ -36,6 +36,10 @@ class DRAWConfig:
     # The LSTMs' forget-gate bias at the start (None: nn.LSTMCell's own, near 0): 1 keeps the cells' memory from
     # the first step (Gers et al. 2000; Jozefowicz et al. 2015), which the attention model learns faster with.
     forget_bias: Optional[float] = None
+    # Beyond the paper, whose prior is N(0, I) at every step (Eq. 13): a prior p(z_t | h_dec_{t-1}) = N(mu_t^p, sigma_t^p)
+    # learned from the decoder's state, as in the authors' later convolutional DRAW (Gregor et al. 2016). It starts
+    # as N(0, I) (weights zero), so a paper model's weights start it with their own bound and samples.
+    learned_prior: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -117,13 +121,18 @@ class AttentiveWrite(nn.Module):
 # Losses
 
 
-def gaussian_kl(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+def gaussian_kl(mu: torch.Tensor, log_sigma: torch.Tensor, prior: Optional[tuple] = None) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(0, 1)) summed over latent units, (B, Z) -> (B,).
 
     Eq. 11 summed over one step: 1/2 (mu^2 + sigma^2 - log sigma^2) - |z|/2. (The paper's Eq. 11 prints
-    the constant as T/2; summed over T steps it is T|z|/2.)
+    the constant as T/2; summed over T steps it is T|z|/2.) With a learned prior (mu_p, log_sigma_p), each (B, Z):
+    KL(N(mu, sigma^2) || N(mu_p, sigma_p^2)) = log sigma_p/sigma + (sigma^2 + (mu - mu_p)^2) / 2 sigma_p^2 - 1/2.
     """
-    return 0.5 * (mu.pow(2) + (2 * log_sigma).exp() - 2 * log_sigma - 1).sum(1)
+    if prior is None:
+        return 0.5 * (mu.pow(2) + (2 * log_sigma).exp() - 2 * log_sigma - 1).sum(1)
+    mu_p, log_sigma_p = prior
+    spread = ((2 * log_sigma).exp() + (mu - mu_p).pow(2)) * (-2 * log_sigma_p).exp()
+    return (log_sigma_p - log_sigma + 0.5 * (spread - 1)).sum(1)
 
 
 @dataclass
@@ -135,6 +144,7 @@ class DRAWOutput:
     canvases: list = field(default_factory=list)  # T x (B, C*H*W)
     latents: list = field(default_factory=list)  # T x (B, Z)
     posteriors: list = field(default_factory=list)  # T x (mu, log_sigma), each (B, Z)
+    priors: list = field(default_factory=list)  # T x (mu_p, log_sigma_p), each (B, Z); None for N(0, I)
     read_windows: list = field(default_factory=list)  # T x AttentionWindow (or None)
     write_windows: list = field(default_factory=list)  # T x AttentionWindow (or None)
 
@@ -155,6 +165,7 @@ class StepRecording(NamedTuple):
     z: torch.Tensor  # (B, Z)
     mu: torch.Tensor  # (B, Z)
     log_sigma: torch.Tensor  # (B, Z)
+    prior: Optional[tuple]  # (mu_p, log_sigma_p), each (B, Z); None for N(0, I)
     read_window: Optional[AttentionWindow]
     write_window: Optional[AttentionWindow]
 
@@ -227,6 +238,10 @@ class DRAW(nn.Module):
             for cell in (self.encoder, self.decoder):
                 init_forget_gate(cell, cfg.forget_bias)
         self.q = nn.Linear(cfg.enc_size, 2 * cfg.z_size)  # Eqs. 1-2: mu_t and log sigma_t
+        self.prior = nn.Linear(cfg.dec_size, 2 * cfg.z_size) if cfg.learned_prior else None  # mu_t^p and log sigma_t^p
+        if self.prior is not None:  # N(0, I) at the start: the paper's prior
+            nn.init.zeros_(self.prior.weight)
+            nn.init.zeros_(self.prior.bias)
         # The paper learns the initial canvas and LSTM states as biases.
         self.canvas0 = nn.Parameter(torch.zeros(pixels))
         self.enc0 = nn.Parameter(torch.zeros(2, cfg.enc_size))  # (h, c)
@@ -255,9 +270,10 @@ class DRAW(nn.Module):
         h_enc, c_enc = lstm_step(F.linear(enc_input, w_enc) + enc_offset, c_enc)  # Eq. 5
         mu, log_sigma = self.q(h_enc).chunk(2, dim=1)  # Eqs. 1-2, (B, Z) each
         z = mu + log_sigma.exp() * noise  # Eq. 6
+        prior = self.prior_params(h_dec)  # p(z_t | h_dec_{t-1}), None for N(0, I)
         c, h_dec, c_dec, write_window, dec_input = self.decode(z, c, h_dec, c_dec, w_dec, dec_offset)  # Eqs. 7-8
-        kl = gaussian_kl(mu, log_sigma)
-        recording = StepRecording(c, z, mu, log_sigma, read_window, write_window) if record else None
+        kl = gaussian_kl(mu, log_sigma, prior)
+        recording = StepRecording(c, z, mu, log_sigma, prior, read_window, write_window) if record else None
         return (c, h_enc, c_enc, h_dec, c_dec), StepOutput(kl, enc_input.detach(), dec_input.detach(), recording)
 
     def steps(self, x, state, w_enc, w_dec, enc_offsets, dec_offsets, noises, record: bool):
@@ -315,6 +331,7 @@ class DRAW(nn.Module):
                     out.canvases.append(step.recording.canvas)
                     out.latents.append(step.recording.z)
                     out.posteriors.append((step.recording.mu, step.recording.log_sigma))
+                    out.priors.append(step.recording.prior)
                     out.read_windows.append(step.recording.read_window)
                     out.write_windows.append(step.recording.write_window)
         c = state[0]
@@ -322,6 +339,10 @@ class DRAW(nn.Module):
         out.kl_steps = torch.stack(kl_steps, dim=1)  # (B, T)
         out.lz = out.kl_steps.sum(1)  # Eq. 10, (B,)
         return out
+
+    def prior_params(self, h_dec_prev):
+        """The prior's (mu_p, log_sigma_p), each (B, Z), from h_dec_{t-1}; None for the paper's N(0, I)."""
+        return None if self.prior is None else self.prior(h_dec_prev).chunk(2, dim=1)
 
     def decode(self, z, c, h_dec, c_dec, w_dec, dec_offset):
         """Eqs. 7-8 in training, 14-15 in sampling: the decoder reads z_t and writes on the canvas. w_dec is
@@ -342,6 +363,9 @@ class DRAW(nn.Module):
         canvases, windows = [], []
         for _ in range(T or self.cfg.T):
             z = torch.randn(n, self.cfg.z_size, device=c.device)  # Eq. 13
+            prior = self.prior_params(h_dec)
+            if prior is not None:  # the learned prior instead of Eq. 13's N(0, I)
+                z = prior[0] + prior[1].exp() * z
             c, h_dec, c_dec, window, _ = decode(z, c, h_dec, c_dec, w_dec, b_dec)  # Eqs. 14-15
             canvases.append(torch.sigmoid(c))  # D(X | c_t); Eq. 16 samples from the last one
             windows.append(window)
@@ -354,11 +378,13 @@ class DRAW(nn.Module):
 
 def log_importance_weights(out: DRAWOutput) -> torch.Tensor:
     """log p(x, z) / q(z | x) of each image's sampled z_1..z_T, (B,), from a recorded forward pass:
-    -Lx - sum_t [log q(z_t | x, z_<t) - log p(z_t)]. Its expectation over z is the ELBO."""
+    -Lx - sum_t [log q(z_t | x, z_<t) - log p(z_t | z_<t)]. Its expectation over z is the ELBO."""
     log_q_over_p = 0.0
-    for z, (mu, log_sigma) in zip(out.latents, out.posteriors):
-        eps = (z - mu) / log_sigma.exp()
-        log_q_over_p = log_q_over_p + (0.5 * (z.pow(2) - eps.pow(2)) - log_sigma).sum(1)  # log N(z; mu, sigma) - log N(z; 0, 1)
+    for z, (mu, log_sigma), prior in zip(out.latents, out.posteriors, out.priors):
+        mu_p, log_sigma_p = prior if prior is not None else (torch.zeros_like(z), torch.zeros_like(z))
+        eps, eps_p = (z - mu) / log_sigma.exp(), (z - mu_p) / log_sigma_p.exp()
+        # log N(z; mu, sigma) - log N(z; mu_p, sigma_p)
+        log_q_over_p = log_q_over_p + (0.5 * (eps_p.pow(2) - eps.pow(2)) + log_sigma_p - log_sigma).sum(1)
     return -out.lx - log_q_over_p
 
 

@@ -96,6 +96,10 @@ def test_kl_equals_torch_distributions():
     expected = kl_divergence(Normal(mu, log_sigma.exp()), Normal(0.0, 1.0)).sum(1)
     torch.testing.assert_close(gaussian_kl(mu, log_sigma), expected)
     assert gaussian_kl(torch.zeros(1, 10), torch.zeros(1, 10)).item() == 0.0
+    mu_p, log_sigma_p = torch.randn(8, 10), torch.randn(8, 10)  # a learned prior's
+    expected = kl_divergence(Normal(mu, log_sigma.exp()), Normal(mu_p, log_sigma_p.exp())).sum(1)
+    torch.testing.assert_close(gaussian_kl(mu, log_sigma, (mu_p, log_sigma_p)), expected)
+    torch.testing.assert_close(gaussian_kl(mu, log_sigma, (torch.zeros(8, 10), torch.zeros(8, 10))), gaussian_kl(mu, log_sigma))
 
 
 @pytest.mark.parametrize("read_attention,write_attention", ATTENTIONS)
@@ -173,6 +177,32 @@ def test_importance_weighted_bound_is_below_the_elbo_and_tightens_with_k():
     assert elbo >= bounds[1] - 0.05 and bounds[0] >= bounds[1] >= bounds[2]
 
 
+def test_learned_prior_starts_as_the_papers_and_then_sets_samples_and_weights():
+    """model.learned_prior: at its start, N(0, I), the paper model's loss and samples from the same weights and noise;
+    moved, it is what sampling draws from and what the importance weights divide by."""
+    from draw.model import log_importance_weights
+
+    torch.manual_seed(0)
+    paper, learned = DRAW(small_config()), DRAW(small_config(learned_prior=True))
+    assert learned.load_state_dict(paper.state_dict(), strict=False).missing_keys == ["prior.weight", "prior.bias"]
+    x = (torch.rand(5, 28, 28) < 0.3).float()
+    results = []
+    for model in (paper, learned):
+        torch.manual_seed(1)
+        results.append((model(x).nll_bound, model.sample(3)[0]))
+    torch.testing.assert_close(results[0], results[1])
+    with torch.no_grad():  # a prior with sigma ~0 around a fixed mean: every sample the same image
+        learned.prior.weight.normal_()
+        learned.prior.bias[learned.cfg.z_size:].fill_(-30.0)
+        samples = learned.sample(2)[0]
+        torch.testing.assert_close(samples[:, 0], samples[:, 1])
+        learned.prior.bias[learned.cfg.z_size:].fill_(0.3)
+        out = learned(x, record=True)
+    log_q_over_p = sum(Normal(mu, log_sigma.exp()).log_prob(z).sum(1) - Normal(mu_p, log_sigma_p.exp()).log_prob(z).sum(1)
+                       for z, (mu, log_sigma), (mu_p, log_sigma_p) in zip(out.latents, out.posteriors, out.priors))
+    torch.testing.assert_close(log_importance_weights(out), -out.lx - log_q_over_p)
+
+
 def test_importance_weighted_bound_is_the_same_in_any_pass_size():
     from draw.model import iw_nll
 
@@ -200,10 +230,11 @@ def reference_forward(model: DRAW, x: torch.Tensor):
         enc_state = model.encoder(torch.cat([r, h_dec], 1), enc_state)
         mu, log_sigma = model.q(enc_state[0]).chunk(2, 1)
         z = mu + log_sigma.exp() * torch.randn_like(mu)
+        prior = model.prior(h_dec).chunk(2, 1) if model.cfg.learned_prior else None
         dec_state = model.decoder(z, dec_state)
         h_dec = dec_state[0]
         c = c + model.write(h_dec)[0]
-        kl = kl + gaussian_kl(mu, log_sigma)
+        kl = kl + gaussian_kl(mu, log_sigma, prior)
     return torch.nn.functional.binary_cross_entropy_with_logits(c, x, reduction="none").sum(1) + kl
 
 
@@ -211,12 +242,13 @@ def reference_forward(model: DRAW, x: torch.Tensor):
 SHAPES = [(1, 28, 28), (3, 12, 20)]
 
 
+@pytest.mark.parametrize("learned_prior", [False, True], ids=["paper_prior", "learned_prior"])
 @pytest.mark.parametrize("shape", SHAPES, ids=["grey", "colour"])
 @pytest.mark.parametrize("read_attention,write_attention", ATTENTIONS)
-def test_fast_path_gives_the_reference_loss_and_gradients(read_attention, write_attention, shape):
+def test_fast_path_gives_the_reference_loss_and_gradients(read_attention, write_attention, shape, learned_prior):
     torch.manual_seed(0)
     C, H, W = shape
-    model = DRAW(small_config(read_attention, write_attention, T=5, channels=C, height=H, width=W))
+    model = DRAW(small_config(read_attention, write_attention, T=5, channels=C, height=H, width=W, learned_prior=learned_prior))
     with torch.no_grad():  # biases and initial states away from zero, so that every term is exercised
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -236,12 +268,16 @@ def test_fast_path_gives_the_reference_loss_and_gradients(read_attention, write_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("read_attention,write_attention,shape", [(True, True, (1, 28, 28)), (False, False, (1, 28, 28)),
-                                                                  (True, True, (3, 12, 20))], ids=["attention", "none", "colour"])
-def test_compiled_steps_give_the_same_loss_and_gradients(read_attention, write_attention, shape):
+@pytest.mark.parametrize("read_attention,write_attention,shape,learned_prior",
+                         [(True, True, (1, 28, 28), False), (False, False, (1, 28, 28), False), (True, True, (3, 12, 20), False),
+                          (True, True, (1, 28, 28), True)], ids=["attention", "none", "colour", "learned_prior"])
+def test_compiled_steps_give_the_same_loss_and_gradients(read_attention, write_attention, shape, learned_prior):
     torch.manual_seed(0)
     C, H, W = shape
-    model = DRAW(small_config(read_attention, write_attention, T=5, channels=C, height=H, width=W))
+    model = DRAW(small_config(read_attention, write_attention, T=5, channels=C, height=H, width=W, learned_prior=learned_prior))
+    if learned_prior:  # away from its N(0, I) start, so that the prior's gradients and samples are exercised
+        with torch.no_grad():
+            model.prior.weight.normal_(std=0.1)
     x = (torch.rand(6, C, H, W) < 0.3).float()
     results = []
     for compiled in (False, True):

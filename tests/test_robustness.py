@@ -130,21 +130,26 @@ def test_bad_checkpoint_is_named_with_the_reason(problem, trained_run, tiny_mnis
     assert f"ckpt_path={path}" in str(error.value) and fragment in str(error.value)
 
 
-def test_init_from_starts_a_new_run_from_a_checkpoints_weights(trained_run, tiny_mnist, tmp_path):
+@pytest.mark.parametrize("learned_prior", [False, True], ids=["same_model", "prior_added"])
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(learned_prior, trained_run, tiny_mnist, tmp_path):
     """init_from: the weights of a finished run (here exported, as the shipped models are), a fresh optimizer and
-    epoch count; T sizes no weight, so it may differ. One step at a tiny lr leaves the weights where they started."""
+    epoch count; T sizes no weight, so it may differ, and a learned prior may be added (at its start, N(0, I)).
+    One step at a tiny lr leaves the weights where they started."""
     from draw.export import export
 
     _, run, _ = trained_run
     source = export(run / "checkpoints" / "last.ckpt", tmp_path / "exported.ckpt")
     overrides = [*TINY_RUN, f"data.data_dir={tiny_mnist}", "model.T=4", "trainer.max_epochs=1",
-                 "+trainer.limit_train_batches=1", "optim.lr=1e-7"]
+                 "+trainer.limit_train_batches=1", "optim.lr=1e-7", f"model.learned_prior={learned_prior}"]
     train(compose_config(*overrides, f"init_from={tmp_path}/exported.ckpt"), str(tmp_path / "from"))
     train(compose_config(*overrides), str(tmp_path / "fresh"))
     started, fresh = (torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True) for name in ("from", "fresh"))
     assert started["global_step"] == 1 and started["epoch"] == 0 < source["epoch"]
     for name, weight in source["state_dict"].items():
         assert torch.allclose(started["state_dict"][name], weight, atol=1e-5), name
+    assert ("model.prior.weight" in started["state_dict"]) == learned_prior
+    if learned_prior:
+        assert started["state_dict"]["model.prior.weight"].abs().max() < 1e-5
     assert not torch.allclose(fresh["state_dict"]["model.q.weight"], source["state_dict"]["model.q.weight"], atol=1e-2)
 
 
