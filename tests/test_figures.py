@@ -12,6 +12,15 @@ def test_nearest_neighbours_find_an_images_own_copy_at_distance_zero():
     assert index.tolist() == [3, 41] and distance.abs().max() < 1e-3
 
 
+def test_second_piece_is_the_second_largest_piece_of_ink():
+    images = torch.zeros(4, 30, 30)
+    images[0, 2:12, 2:12] = 1  # one piece
+    images[1, 2:12, 2:12], images[1, 20:28, 20:28] = 1, 0.9  # two: 100 and 64 pixels
+    images[2, 2:12, 2:12], images[2, 12:20, 12:20] = 1, 1  # two squares touching at a corner: one piece
+    images[3, 2:12, 2:12], images[3, 20:28, 20:28] = 1, 0.4  # the second too faint to be ink
+    assert figures.second_piece(images).tolist() == [0.0, 64.0, 0.0, 0.0]
+
+
 def test_filterbank_figure_is_the_grid_and_three_patches():
     picture = figures.filterbank_figure(torch.rand(28, 28), N=6)
     assert picture.shape == (3, 28 + 2 * PAD, 4 * (28 + PAD) + PAD)
@@ -43,6 +52,7 @@ def test_make_figures_writes_every_figure_and_its_index(trained_run, tiny_mnist,
     # Fig. 8: a 3 x 3 grid of the model's 28 x 28 images, each pixel drawn 2 x 2
     cells = 3 * (28 + PAD) + PAD
     assert Image.open(out / "two_digit.png").size == (2 * cells, 2 * cells)
+    assert "of the 9 have a second digit-sized piece of ink" in index
 
 
 def test_figures_take_the_shipped_mnist_models_for_mnist_only():
