@@ -8,7 +8,7 @@ from typing import Optional
 import hydra
 import torch
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from draw.classifier import ARCHITECTURES, classifier_defaults
 from draw.data import check_binarization
@@ -146,6 +146,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     require(_is_number(cfg.checkpoint_every_minutes) and cfg.checkpoint_every_minutes >= 0, "checkpoint_every_minutes",
             cfg.checkpoint_every_minutes, "a number >= 0 (0: off)")
     require_int("max_nonfinite_steps", cfg.max_nonfinite_steps, 1)
+    only = cfg.get("train_only")
+    require(only is None or (isinstance(only, ListConfig) and len(only) and all(isinstance(n, str) for n in only)),
+            "train_only", only, "null or a list of parameter names, e.g. [model.prior]")
     require_int("seed", cfg.seed, 0)
     require(cfg.float32_matmul_precision in MATMUL_PRECISIONS, "float32_matmul_precision", cfg.float32_matmul_precision,
             f"one of {', '.join(MATMUL_PRECISIONS)}")

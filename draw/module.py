@@ -54,6 +54,20 @@ def lr_schedule(optimizer, scheduler: dict, total_steps: int) -> Optional[dict]:
     raise UserError(f"scheduler.name={name!r} is not a schedule: use one of {', '.join(SCHEDULES)}")
 
 
+def train_only(module: torch.nn.Module, prefixes: list) -> int:
+    """Freeze every parameter but those named by `prefixes` (a module's name, e.g. "model.prior", or a parameter's):
+    the optimizer then holds these alone, and the backward pass computes nothing for the rest. Returns how many
+    numbers are trained."""
+    chosen = 0
+    for name, param in module.named_parameters():
+        param.requires_grad_(any(name == p or name.startswith(p + ".") for p in prefixes))
+        chosen += param.numel() if param.requires_grad else 0
+    if not chosen:
+        names = sorted({".".join(name.split(".")[:2]) for name, _ in module.named_parameters()})
+        raise UserError(f"train_only={list(prefixes)} names no parameter of this model: name some of {', '.join(names)}")
+    return chosen
+
+
 class TrainingModule(pl.LightningModule):
     """What every task's LightningModule shares: the optimizer (`optim`, a `_partial_` config) and learning-rate
     schedule (`scheduler`) from plain dicts, gradient clipping, and skipping non-finite steps.
@@ -107,7 +121,7 @@ class TrainingModule(pl.LightningModule):
             )
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.parameters(), self.hparams.optim)
+        optimizer = build_optimizer([p for p in self.parameters() if p.requires_grad], self.hparams.optim)  # train_only
         schedule = lr_schedule(optimizer, self.hparams.scheduler or {"name": "none"}, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": schedule} if schedule else optimizer
 

@@ -30,7 +30,7 @@ from draw.callbacks import (
 from draw.classifier_module import ClassifierModule
 from draw.config import check_same_settings, check_same_task, configured_loggers, load_weights, read_checkpoint, validate_train_config
 from draw.errors import UserError
-from draw.module import DRAWModule
+from draw.module import DRAWModule, train_only
 from draw.report import read_metrics
 
 # The project's own lines (output folder, resume command, results): on the terminal and, through Hydra's
@@ -194,6 +194,9 @@ def train(cfg: DictConfig, output_dir: str, overrides: Sequence[str] = (), resum
         module = MODULES[cfg.task.name].load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     if trainer.is_global_zero:
         log.info(describe(module))
+    if cfg.train and cfg.train_only:
+        trained = train_only(module, list(cfg.train_only))
+        log.info(f"training only {', '.join(cfg.train_only)}: {trained:,} parameters, the rest frozen")
     if cfg.compile:
         module.model.compile_steps(cfg.compile_steps_per_call)
     module.max_nonfinite_steps = cfg.max_nonfinite_steps

@@ -1,4 +1,4 @@
-"""The training recipe's knobs: the windows' starting place, the optimizer, the lr schedule, KL warm-up."""
+"""The training recipe's knobs: the windows' starting place, the optimizer, the lr schedule, KL warm-up, training a part alone."""
 import json
 
 import pytest
@@ -8,8 +8,9 @@ from pytorch_lightning import Trainer
 from conftest import TINY_RUN, compose_config, run_script, tiny_module
 from draw.config import check_same_settings
 from draw.data import MNISTDataModule
+from draw.errors import UserError
 from draw.model import DRAW, DRAWConfig
-from draw.module import DRAWModule, build_optimizer, lr_schedule
+from draw.module import DRAWModule, build_optimizer, lr_schedule, train_only
 from draw.run import build_module
 
 
@@ -123,6 +124,20 @@ def test_kl_warmup_trains_on_a_part_of_the_kl_but_reports_the_elbo(tiny_mnist, t
     assert float(m["train/loss"]) == pytest.approx(float(m["train/lx"] + m["train/lz"]), rel=1e-6)
     # the cosine schedule ran to its end over the run's 10 steps
     assert float(m["train/lr"]) == pytest.approx(1e-4)
+
+
+def test_train_only_moves_the_named_parameters_alone(tiny_mnist, tmp_path):
+    module = DRAWModule(model={**tiny_module().hparams.model, "learned_prior": True}, optim={"lr": 1e-2})
+    before = {name: p.detach().clone() for name, p in module.named_parameters()}
+    assert train_only(module, ["model.prior"]) == module.model.prior.weight.numel() + module.model.prior.bias.numel()
+    trainer = Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0)
+    trainer.fit(module, MNISTDataModule(data_dir=str(tiny_mnist), batch_size=20, val_size=40))
+    moved = {name for name, p in module.named_parameters() if not torch.equal(p, before[name])}
+    assert moved == {"model.prior.weight", "model.prior.bias"}
+    assert len(trainer.optimizers[0].param_groups[0]["params"]) == 2
+    with pytest.raises(UserError, match="names no parameter.*model.encoder"):
+        train_only(module, ["model.enc"])  # a name's whole parts only
 
 
 def test_paper_recipe_trains_with_its_cosine_schedule_over_the_runs_epochs(tiny_mnist, tmp_path):
