@@ -74,6 +74,8 @@ def check_draw_config(cfg: DictConfig) -> None:
         check_known_keys(cfg, group, DRAWConfig.__dataclass_fields__)
     for key in ("T", "z_size", "enc_size", "dec_size"):
         require_int(f"model.{key}", m[key], 1)
+    require_int("model.prior_hidden", m.prior_hidden, 0)
+    require(m.learned_prior or not m.prior_hidden, "model.prior_hidden", m.prior_hidden, "0 without model.learned_prior=true")
     for key in ("channels", "height", "width"):
         require_int(f"data.{key}", d[key], 1)
         require(m[key] == d[key], f"model.{key}", m[key], f"data.{key} ({d[key]}), the images' own")
@@ -221,12 +223,13 @@ def load_weights(module, checkpoint: dict, path) -> None:
             raise UserError(f"init_from={path} does not fit this model: its {name} is {tuple(weight.shape)}, "
                             f"this run's {have}: give the model the checkpoint's sizes")
     missing = sorted(set(own) - set(checkpoint["state_dict"]))
-    # A learned prior (model.learned_prior) added to a paper model keeps its start, N(0, I): the model's own bound.
-    prior_added = {name for name in missing if name.startswith("model.prior.")}
-    if set(missing) - prior_added:
-        missing = sorted(set(missing) - prior_added)
+    # Weights beyond the paper's (a learned prior) added to a model keep their start: the model's own bound.
+    optional = tuple(f"model.{name}" for name in getattr(module.model, "OPTIONAL_WEIGHTS", ()))
+    added = {name for name in missing if name.startswith(optional)}
+    if set(missing) - added:
+        missing = sorted(set(missing) - added)
         raise UserError(f"init_from={path} lacks weights this model has ({', '.join(missing[:3])}): give the model the checkpoint's sizes")
-    module.load_state_dict(checkpoint["state_dict"], strict=not prior_added)
+    module.load_state_dict(checkpoint["state_dict"], strict=not added)
 
 
 def check_writable(folder) -> None:

@@ -40,6 +40,9 @@ class DRAWConfig:
     # learned from the decoder's state, as in the authors' later convolutional DRAW (Gregor et al. 2016). It starts
     # as N(0, I) (weights zero), so a paper model's weights start it with their own bound and samples.
     learned_prior: bool = False
+    # With learned_prior, a hidden layer of this many tanh units beside the linear map (0: the linear map alone), its
+    # output zero at the start, so that a linear prior's weights start it where they were.
+    prior_hidden: int = 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -226,6 +229,10 @@ class StepwiseLinear(torch.autograd.Function):
 
 
 class DRAW(nn.Module):
+    # Weights beyond the paper's that start as its model (a learned prior at N(0, I)): init_from= a checkpoint
+    # without them leaves them at that start.
+    OPTIONAL_WEIGHTS = ("prior.", "prior_mlp.")
+
     def __init__(self, cfg: DRAWConfig):
         super().__init__()
         self.cfg = cfg
@@ -239,9 +246,12 @@ class DRAW(nn.Module):
                 init_forget_gate(cell, cfg.forget_bias)
         self.q = nn.Linear(cfg.enc_size, 2 * cfg.z_size)  # Eqs. 1-2: mu_t and log sigma_t
         self.prior = nn.Linear(cfg.dec_size, 2 * cfg.z_size) if cfg.learned_prior else None  # mu_t^p and log sigma_t^p
+        hidden = cfg.prior_hidden if cfg.learned_prior else 0
+        self.prior_mlp = nn.Sequential(nn.Linear(cfg.dec_size, hidden), nn.Tanh(), nn.Linear(hidden, 2 * cfg.z_size)) if hidden else None
         if self.prior is not None:  # N(0, I) at the start: the paper's prior
-            nn.init.zeros_(self.prior.weight)
-            nn.init.zeros_(self.prior.bias)
+            for layer in (self.prior, *([self.prior_mlp[-1]] if hidden else [])):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         # The paper learns the initial canvas and LSTM states as biases.
         self.canvas0 = nn.Parameter(torch.zeros(pixels))
         self.enc0 = nn.Parameter(torch.zeros(2, cfg.enc_size))  # (h, c)
@@ -342,7 +352,12 @@ class DRAW(nn.Module):
 
     def prior_params(self, h_dec_prev):
         """The prior's (mu_p, log_sigma_p), each (B, Z), from h_dec_{t-1}; None for the paper's N(0, I)."""
-        return None if self.prior is None else self.prior(h_dec_prev).chunk(2, dim=1)
+        if self.prior is None:
+            return None
+        params = self.prior(h_dec_prev)  # (B, 2Z)
+        if self.prior_mlp is not None:
+            params = params + self.prior_mlp(h_dec_prev)
+        return params.chunk(2, dim=1)
 
     def decode(self, z, c, h_dec, c_dec, w_dec, dec_offset):
         """Eqs. 7-8 in training, 14-15 in sampling: the decoder reads z_t and writes on the canvas. w_dec is

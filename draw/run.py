@@ -82,7 +82,7 @@ def describe(module) -> str:
         windows = lambda on, n: f"{n}x{n}" if on else "none"  # noqa: E731
         return (f"model: DRAW, {params} (T={m.T}, z {m.z_size}, LSTMs {m.enc_size}/{m.dec_size}, "
                 f"read {windows(m.read_attention, m.read_n)}, write {windows(m.write_attention, m.write_n)}"
-                f"{', learned prior' if m.learned_prior else ''})")
+                f"{', learned prior' if m.learned_prior else ''}{f' with {m.prior_hidden} hidden units' if m.prior_hidden else ''})")
     if module.hparams.model["architecture"] == "glimpse":
         return f"model: glimpse classifier, {params} ({m.glimpses} glimpses of {m.read_n}x{m.read_n}, LSTM {m.hidden_size})"
     return f"model: convolutional classifier, {params} (channels {list(m.channels)}, kernel {m.kernel})"

@@ -203,6 +203,21 @@ def test_learned_prior_starts_as_the_papers_and_then_sets_samples_and_weights():
     torch.testing.assert_close(log_importance_weights(out), -out.lx - log_q_over_p)
 
 
+def test_prior_hidden_starts_where_the_linear_prior_was_and_then_moves_the_prior():
+    torch.manual_seed(0)
+    linear, hidden = DRAW(small_config(learned_prior=True)), DRAW(small_config(learned_prior=True, prior_hidden=16))
+    with torch.no_grad():
+        linear.prior.weight.normal_(std=0.1)  # a trained linear prior, away from N(0, I)
+    missing = hidden.load_state_dict(linear.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["prior_mlp.0.bias", "prior_mlp.0.weight", "prior_mlp.2.bias", "prior_mlp.2.weight"]
+    h_dec = torch.randn(4, 32)
+    torch.testing.assert_close(hidden.prior_params(h_dec), linear.prior_params(h_dec))
+    with torch.no_grad():
+        hidden.prior_mlp[-1].bias.fill_(0.5)
+    mu, log_sigma = hidden.prior_params(h_dec)
+    torch.testing.assert_close(mu, linear.prior_params(h_dec)[0] + 0.5)
+
+
 def test_importance_weighted_bound_is_the_same_in_any_pass_size():
     from draw.model import iw_nll
 
@@ -230,7 +245,7 @@ def reference_forward(model: DRAW, x: torch.Tensor):
         enc_state = model.encoder(torch.cat([r, h_dec], 1), enc_state)
         mu, log_sigma = model.q(enc_state[0]).chunk(2, 1)
         z = mu + log_sigma.exp() * torch.randn_like(mu)
-        prior = model.prior(h_dec).chunk(2, 1) if model.cfg.learned_prior else None
+        prior = model.prior_params(h_dec)
         dec_state = model.decoder(z, dec_state)
         h_dec = dec_state[0]
         c = c + model.write(h_dec)[0]
@@ -242,13 +257,14 @@ def reference_forward(model: DRAW, x: torch.Tensor):
 SHAPES = [(1, 28, 28), (3, 12, 20)]
 
 
-@pytest.mark.parametrize("learned_prior", [False, True], ids=["paper_prior", "learned_prior"])
+@pytest.mark.parametrize("prior", [{}, {"learned_prior": True}, {"learned_prior": True, "prior_hidden": 7}],
+                         ids=["paper_prior", "learned_prior", "prior_hidden"])
 @pytest.mark.parametrize("shape", SHAPES, ids=["grey", "colour"])
 @pytest.mark.parametrize("read_attention,write_attention", ATTENTIONS)
-def test_fast_path_gives_the_reference_loss_and_gradients(read_attention, write_attention, shape, learned_prior):
+def test_fast_path_gives_the_reference_loss_and_gradients(read_attention, write_attention, shape, prior):
     torch.manual_seed(0)
     C, H, W = shape
-    model = DRAW(small_config(read_attention, write_attention, T=5, channels=C, height=H, width=W, learned_prior=learned_prior))
+    model = DRAW(small_config(read_attention, write_attention, T=5, channels=C, height=H, width=W, **prior))
     with torch.no_grad():  # biases and initial states away from zero, so that every term is exercised
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)

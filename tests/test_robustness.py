@@ -44,6 +44,7 @@ BAD_VALUES = [
     ("attention.read_init.stride=-2", "attention.read_init.stride=-2", "number > 0"),
     ("scheduler.name=linear", "scheduler.name='linear'", "none, cosine, onecycle, plateau"),
     ("kl_warmup_steps=-1", "kl_warmup_steps=-1", "integer >= 0"),
+    ("model.prior_hidden=64", "model.prior_hidden=64", "0 without model.learned_prior=true"),
     ("train_only=model.prior", "train_only='model.prior'", "a list of parameter names, e.g. [model.prior]"),
     ("optim.weight_decay=-1", "optim.weight_decay=-1", ">= 0"),
     ("checkpoint_every_minutes=-5", "checkpoint_every_minutes=-5", "a number >= 0"),
@@ -131,8 +132,9 @@ def test_bad_checkpoint_is_named_with_the_reason(problem, trained_run, tiny_mnis
     assert f"ckpt_path={path}" in str(error.value) and fragment in str(error.value)
 
 
-@pytest.mark.parametrize("learned_prior", [False, True], ids=["same_model", "prior_added"])
-def test_init_from_starts_a_new_run_from_a_checkpoints_weights(learned_prior, trained_run, tiny_mnist, tmp_path):
+@pytest.mark.parametrize("prior", [[], ["model.learned_prior=true"], ["model.learned_prior=true", "model.prior_hidden=8"]],
+                         ids=["same_model", "prior_added", "hidden_prior_added"])
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(prior, trained_run, tiny_mnist, tmp_path):
     """init_from: the weights of a finished run (here exported, as the shipped models are), a fresh optimizer and
     epoch count; T sizes no weight, so it may differ, and a learned prior may be added (at its start, N(0, I)).
     One step at a tiny lr leaves the weights where they started."""
@@ -141,16 +143,17 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(learned_prior, tr
     _, run, _ = trained_run
     source = export(run / "checkpoints" / "last.ckpt", tmp_path / "exported.ckpt")
     overrides = [*TINY_RUN, f"data.data_dir={tiny_mnist}", "model.T=4", "trainer.max_epochs=1",
-                 "+trainer.limit_train_batches=1", "optim.lr=1e-7", f"model.learned_prior={learned_prior}"]
+                 "+trainer.limit_train_batches=1", "optim.lr=1e-7", *prior]
     train(compose_config(*overrides, f"init_from={tmp_path}/exported.ckpt"), str(tmp_path / "from"))
     train(compose_config(*overrides), str(tmp_path / "fresh"))
     started, fresh = (torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True) for name in ("from", "fresh"))
     assert started["global_step"] == 1 and started["epoch"] == 0 < source["epoch"]
     for name, weight in source["state_dict"].items():
         assert torch.allclose(started["state_dict"][name], weight, atol=1e-5), name
-    assert ("model.prior.weight" in started["state_dict"]) == learned_prior
-    if learned_prior:
-        assert started["state_dict"]["model.prior.weight"].abs().max() < 1e-5
+    assert ("model.prior.weight" in started["state_dict"]) == bool(prior)
+    assert ("model.prior_mlp.2.weight" in started["state_dict"]) == (len(prior) == 2)
+    for name in ("model.prior.weight", "model.prior_mlp.2.weight"):  # the added prior's output: N(0, I)
+        assert started["state_dict"].get(name, torch.zeros(1)).abs().max() < 1e-5
     assert not torch.allclose(fresh["state_dict"]["model.q.weight"], source["state_dict"]["model.q.weight"], atol=1e-2)
 
 
