@@ -87,6 +87,7 @@ def check_draw_config(cfg: DictConfig) -> None:
     for key in ("binarization", "eval_binarization"):  # here too: Hydra's instantiate would wrap the DataModule's error
         check_binarization(d[key], f"data.{key}")
     require_int("kl_warmup_steps", cfg.kl_warmup_steps, 0)
+    require(_is_number(cfg.kl_weight) and cfg.kl_weight > 0, "kl_weight", cfg.kl_weight, "a number > 0 (1: the ELBO)")
     require_int("eval.iw_samples", cfg.eval.iw_samples, 0)
     require_int("eval.seed", cfg.eval.seed, 0)
     require_int("compile_steps_per_call", cfg.compile_steps_per_call, 1)

@@ -131,13 +131,15 @@ class DRAWModule(TrainingModule):
     learning-rate schedule, all plain dicts, so a checkpoint's hyper-parameters rebuild the model with
     `DRAWModule.load_from_checkpoint(path)` and no config at hand.
 
-    `kl_warmup_steps` > 0 trains on Lx + beta Lz with beta rising linearly from 0 to 1 over that many steps
-    (KL annealing, Bowman et al. 2016, a common remedy for latents left unused; it did not speed up the paper
-    model, docs/experiments/recipe.md). Only the gradient sees beta: every logged `loss` and `nll` is the true negative
-    ELBO, Lx + Lz.
+    The training objective is Lx + beta Lz with beta = `kl_weight` (a beta-VAE, Higgins et al. 2017: above 1 it pulls
+    the posteriors toward the prior, at a cost in the bound). `kl_warmup_steps` > 0 raises beta linearly from 0 to
+    `kl_weight` over that many steps (KL annealing, Bowman et al. 2016, a common remedy for latents left unused; it
+    did not speed up the paper model, docs/experiments/recipe.md). Only the gradient sees beta: every logged `loss`
+    and `nll` is the true negative ELBO, Lx + Lz.
     """
 
-    def __init__(self, model: dict, optim: dict, scheduler: Optional[dict] = None, kl_warmup_steps: int = 0):
+    def __init__(self, model: dict, optim: dict, scheduler: Optional[dict] = None, kl_warmup_steps: int = 0,
+                 kl_weight: float = 1.0):
         super().__init__()
         self.save_hyperparameters()
         self.model = DRAW(DRAWConfig(**model))
@@ -164,15 +166,15 @@ class DRAWModule(TrainingModule):
 
     @property
     def kl_weight(self) -> float:
-        """beta of the training objective Lx + beta Lz at this step (1 without KL warm-up)."""
-        warmup = self.hparams.kl_warmup_steps
-        return min(1.0, (self.global_step + 1) / warmup) if warmup else 1.0
+        """beta of the training objective Lx + beta Lz at this step (`kl_weight` after any KL warm-up)."""
+        warmup, beta = self.hparams.kl_warmup_steps, self.hparams.kl_weight
+        return beta * min(1.0, (self.global_step + 1) / warmup) if warmup else beta
 
     def training_step(self, x, batch_idx):
         lx, lz = self._step(x, "train")
         loss = lx + self.kl_weight * lz
         self.log_lr()
-        if self.hparams.kl_warmup_steps:
+        if self.kl_weight != 1.0 or self.hparams.kl_warmup_steps:
             self.log("train/kl_weight", self.kl_weight, on_step=True, on_epoch=False)
         if not torch.isfinite(loss):
             self._skip("loss")

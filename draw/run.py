@@ -70,7 +70,7 @@ def build_module(cfg: DictConfig):
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
     settings = dict(model=model_hparams(cfg), optim=plain(cfg.optim), scheduler=plain(cfg.scheduler))
     if cfg.task.name == "generate":
-        settings["kl_warmup_steps"] = cfg.kl_warmup_steps
+        settings.update(kl_warmup_steps=cfg.kl_warmup_steps, kl_weight=cfg.kl_weight)
     return MODULES[cfg.task.name](**settings)
 
 

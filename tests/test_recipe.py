@@ -112,15 +112,15 @@ def test_plateau_halves_the_lr_when_val_nll_stops_falling():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.optim.lr / 2)
 
 
-def test_kl_warmup_trains_on_a_part_of_the_kl_but_reports_the_elbo(tiny_mnist, tmp_path):
+def test_kl_warmup_trains_on_a_part_of_the_kl_weight_but_reports_the_elbo(tiny_mnist, tmp_path):
     module = DRAWModule(model=tiny_module().hparams.model, optim={"lr": 1e-3},
                         scheduler={"name": "cosine", "warmup_steps": 0, "min_lr_ratio": 0.1},
-                        kl_warmup_steps=100)
+                        kl_warmup_steps=100, kl_weight=2.0)
     trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0)
     trainer.fit(module, MNISTDataModule(data_dir=str(tiny_mnist), batch_size=20, val_size=40))
     m = trainer.callback_metrics
-    assert trainer.global_step == 10 and m["train/kl_weight"] == pytest.approx(10 / 100)
+    assert trainer.global_step == 10 and m["train/kl_weight"] == pytest.approx(2.0 * 10 / 100)
     assert float(m["train/loss"]) == pytest.approx(float(m["train/lx"] + m["train/lz"]), rel=1e-6)
     # the cosine schedule ran to its end over the run's 10 steps
     assert float(m["train/lr"]) == pytest.approx(1e-4)

@@ -44,6 +44,7 @@ BAD_VALUES = [
     ("attention.read_init.stride=-2", "attention.read_init.stride=-2", "number > 0"),
     ("scheduler.name=linear", "scheduler.name='linear'", "none, cosine, onecycle, plateau"),
     ("kl_warmup_steps=-1", "kl_warmup_steps=-1", "integer >= 0"),
+    ("kl_weight=0", "kl_weight=0", "a number > 0"),
     ("model.prior_hidden=64", "model.prior_hidden=64", "0 without model.learned_prior=true"),
     ("train_only=model.prior", "train_only='model.prior'", "a list of parameter names, e.g. [model.prior]"),
     ("optim.weight_decay=-1", "optim.weight_decay=-1", ">= 0"),
