@@ -165,17 +165,17 @@ class DRAWModule(TrainingModule):
         return lx, lz
 
     @property
-    def kl_weight(self) -> float:
+    def beta(self) -> float:
         """beta of the training objective Lx + beta Lz at this step (`kl_weight` after any KL warm-up)."""
         warmup, beta = self.hparams.kl_warmup_steps, self.hparams.kl_weight
         return beta * min(1.0, (self.global_step + 1) / warmup) if warmup else beta
 
     def training_step(self, x, batch_idx):
         lx, lz = self._step(x, "train")
-        loss = lx + self.kl_weight * lz
+        loss = lx + self.beta * lz
         self.log_lr()
-        if self.kl_weight != 1.0 or self.hparams.kl_warmup_steps:
-            self.log("train/kl_weight", self.kl_weight, on_step=True, on_epoch=False)
+        if self.beta != 1.0 or self.hparams.kl_warmup_steps:
+            self.log("train/kl_weight", self.beta, on_step=True, on_epoch=False)
         if not torch.isfinite(loss):
             self._skip("loss")
             return None  # Lightning then skips backward, and the optimizer finds no gradients
