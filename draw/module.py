@@ -172,10 +172,11 @@ class DRAWModule(TrainingModule):
 
     def training_step(self, x, batch_idx):
         lx, lz = self._step(x, "train")
-        loss = lx + self.beta * lz
+        beta = self.beta
+        loss = lx + beta * lz
         self.log_lr()
-        if self.beta != 1.0 or self.hparams.kl_warmup_steps:
-            self.log("train/kl_weight", self.beta, on_step=True, on_epoch=False)
+        if self.hparams.kl_weight != 1.0 or self.hparams.kl_warmup_steps:  # beta is not the ELBO's 1 throughout
+            self.log("train/kl_weight", beta, on_step=True, on_epoch=False)
         if not torch.isfinite(loss):
             self._skip("loss")
             return None  # Lightning then skips backward, and the optimizer finds no gradients
